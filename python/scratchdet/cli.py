@@ -1,0 +1,65 @@
+"""The ``scratchdet`` command. Each subcommand lives in the module that owns its concept and
+exposes ``add_arguments(parser)`` and ``main(args) -> int``; modules load only when used."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import ScratchDetError
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "gen": ("prototxt_gen.cli", "emit train/test/deploy/solver prototxts and train.sh for paper variants"),
+    "summary": ("scratchdet.caffe.summary", "per-layer shapes, parameters, priors and multiply-adds of a prototxt"),
+    "data": ("scratchdet.data.cli", "build and check SSD AnnotatedDatum LMDBs (voc, coco, synthetic, check)"),
+    "train": ("scratchdet.engine.train_cli", "train from a solver.prototxt as `caffe train` does"),
+    "test": ("scratchdet.engine.test_cli", "score a test net: mAP as the solver reports it"),
+    "detect": ("scratchdet.engine.detect", "draw detections of a deploy net on images"),
+    "time": ("scratchdet.engine.timing", "forward/backward time per layer, as `caffe time`"),
+    "eval": ("scratchdet.eval.cli", "VOC and COCO metrics from detection files"),
+    "compare": ("scratchdet.report.compare", "score card: paper number vs this run, from logs"),
+    "plot": ("scratchdet.report.plots", "loss, lr, mAP and Figure 1 panels from logs, as PNG"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scratchdet", description="ScratchDet on Caffe SSD formats: generate, convert, train, test, score.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if "--help" in sys.argv or "-h" in sys.argv or (len(sys.argv) > 1 and sys.argv[1] == name):
+            try:
+                importlib.import_module(module).add_arguments(p)
+            except ModuleNotFoundError as exc:
+                if exc.name and module.startswith(exc.name):
+                    p.set_defaults(_missing=True)
+                else:
+                    raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0]] + list(argv)
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:])
+    if not args.command:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", False):
+        print(f"scratchdet: error: '{args.command}' is not available in this build", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except ScratchDetError as exc:
+        print(f"scratchdet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"scratchdet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
