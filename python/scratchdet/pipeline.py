@@ -1,0 +1,229 @@
+"""``scratchdet run``: the whole pipeline of DESIGN.md §1 for one experiment, as shell commands.
+
+Each experiment is a list of ``scratchdet`` commands a user could type (data -> LMDB, gen, train,
+test, compare, plot). ``--dry-run`` prints them; otherwise they run in order and the first failure
+stops the run. Missing raw data stops at once with the exact commands that prepare it.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ScratchDetError
+
+LMDB_DIR = "data/lmdb"
+VOC_URLS = (
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar",
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+)
+COCO_URLS = (
+    "http://images.cocodataset.org/zips/train2014.zip",
+    "http://images.cocodataset.org/zips/val2014.zip",
+    "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
+    # minival2014 / valminusminival2014 split files, as SSD's data/coco/README describes
+    "https://dl.dropboxusercontent.com/s/o43o90bna78omob/instances_minival2014.json.zip",
+    "https://dl.dropboxusercontent.com/s/s3tw5zcg7395368/instances_valminusminival2014.json.zip",
+)
+
+
+@dataclass
+class DataSpec:
+    """Where an experiment's LMDBs come from and how to make them."""
+    dataset: str                     # folder name under models/ and runs/
+    lmdbs: tuple[str, ...]           # LMDB folder names under the LMDB dir
+    raw_env: str                     # variable naming the raw data folder
+    raw_default: str
+    raw_marker: str                  # a path inside the raw folder that must exist
+    build: str                       # scratchdet command that converts raw -> LMDBs ({raw}, {lmdb})
+    download: tuple[str, ...] = ()   # shell lines that fetch the raw data ({raw})
+
+
+DATA = {
+    "voc07": DataSpec(
+        "VOC0712", ("VOC0712_trainval_lmdb", "VOC0712_test_lmdb"), "VOC_ROOT", "data/VOCdevkit",
+        "VOC2007/Annotations", "scratchdet data voc --devkit {raw} --out {lmdb}",
+        tuple(f"wget -c {u} -P {{parent}} && tar -xf {{parent}}/{u.rsplit('/', 1)[1]} -C {{parent}}"
+              for u in VOC_URLS)),
+    "voc12": DataSpec(
+        "VOC0712Plus", ("VOC0712Plus_trainval_lmdb",), "VOC_ROOT", "data/VOCdevkit",
+        "VOC2012/Annotations", "scratchdet data voc --devkit {raw} --voc12 --out {lmdb}",
+        tuple(f"wget -c {u} -P {{parent}} && tar -xf {{parent}}/{u.rsplit('/', 1)[1]} -C {{parent}}"
+              for u in VOC_URLS)),
+    "coco": DataSpec(
+        "coco", ("coco_trainval35k_lmdb", "coco_minival_lmdb"), "COCO_ROOT", "data/coco",
+        "annotations", "scratchdet data coco --root {raw} --out {lmdb}",
+        tuple(f"wget -c {u} -P {{raw}} && unzip -q -o {{raw}}/{u.rsplit('/', 1)[1]} -d {{raw}}"
+              for u in COCO_URLS)),
+    "synthetic": DataSpec(
+        "synthetic", ("synthetic_trainval_lmdb", "synthetic_test_lmdb"), "SYNTH_ROOT", "data/synthetic",
+        "ImageSets", "scratchdet data synthetic --out {raw} --images {images} --seed 0 --lmdb {lmdb}"),
+}
+
+# make target -> (data key, variant ids)
+EXPERIMENTS = {
+    "voc07_rootres34": ("voc07", ("voc07_rootres34",)),
+    "voc07_rootres18": ("voc07", ("voc07_rootres18",)),
+    "voc12_rootres34": ("voc12", ("voc12_rootres34",)),
+    "coco_rootres34": ("coco", ("coco_rootres34",)),
+}
+
+
+def _table_variants(prefix: str) -> tuple[str, ...]:
+    from prototxt_gen import registry
+    return tuple(v.id for v in registry.all_variants() if v.id.startswith(prefix))
+
+
+class DataMissing(Exception):
+    """Raw data and LMDBs are absent: the message lists the commands that prepare them."""
+
+
+@dataclass
+class Plan:
+    name: str
+    commands: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def gpu_flag(requested: int) -> tuple[str, str]:
+    """``--gpu`` value for the GPUs present, and a note when it differs from the request."""
+    try:
+        import torch
+        present = torch.cuda.device_count()
+    except Exception:  # torch missing or no driver: CPU
+        present = 0
+    if present == 0:
+        return "cpu", (f"no GPU found: training on the CPU (the paper used {requested} GPUs; "
+                       "full schedules take weeks on a CPU)")
+    n = min(requested, present)
+    note = ""
+    if n < requested:
+        note = (f"{present} GPU(s) present, {requested} requested: the per-GPU batch is kept and "
+                "iter_size is raised so the effective batch stays as in the paper")
+    return ",".join(str(i) for i in range(n)), note
+
+
+def plan_experiment(target: str, lmdb_dir: str = LMDB_DIR, gpus: int = 4,
+                    raw_root: str | None = None) -> Plan:
+    if target in EXPERIMENTS:
+        data_key, variants = EXPERIMENTS[target]
+    elif target == "table1":
+        data_key, variants = "voc07", _table_variants("table1_")
+    elif target == "table2":
+        data_key, variants = "voc07", _table_variants("table2_") + _table_variants("fig3_")
+    else:
+        raise ScratchDetError(f"unknown experiment {target!r}; known: "
+                              f"{', '.join(sorted(EXPERIMENTS) + ['table1', 'table2'])}")
+    spec = DATA[data_key]
+    plan = Plan(target)
+    raw = raw_root or os.environ.get(spec.raw_env) or spec.raw_default
+    missing = [d for d in spec.lmdbs if not (Path(lmdb_dir) / d / "data.mdb").exists()]
+    if missing:
+        if not (Path(raw) / spec.raw_marker).exists():
+            lines = [line.format(raw=raw, parent=Path(raw).parent) for line in spec.download]
+            lines.append(spec.build.format(raw=raw, lmdb=lmdb_dir))
+            raise DataMissing(
+                f"{target}: no LMDB {Path(lmdb_dir) / missing[0]} and no raw data at {raw}/{spec.raw_marker} "
+                f"(or point {spec.raw_env}=DIR / LMDB_DIR=DIR at existing data).\n"
+                "Prepare it with:\n  " + "\n  ".join(lines))
+        plan.commands.append(spec.build.format(raw=raw, lmdb=lmdb_dir))
+    gpu, note = gpu_flag(gpus)
+    if note:
+        plan.notes.append(note)
+    lmdb_opt = "" if lmdb_dir == LMDB_DIR else f" --lmdb-dir {shlex.quote(lmdb_dir)}"
+    for vid in variants:
+        run_dir = f"runs/{spec.dataset}/{vid}"
+        model_dir = f"models/{spec.dataset}/{vid}" if not lmdb_opt else f"{run_dir}/models/{spec.dataset}/{vid}"
+        out = "models" if not lmdb_opt else f"{run_dir}/models"
+        plan.commands.append(f"scratchdet gen {vid} --out {out}{lmdb_opt}")
+        plan.commands.append(f"scratchdet train --solver {model_dir}/solver.prototxt --gpu {gpu} "
+                             f"--log {run_dir}/train.log")
+        plan.commands.append(f"scratchdet compare {run_dir}/train.log --variant {vid}")
+    logs = " ".join(f"runs/{spec.dataset}/{v}/train.log" for v in variants)
+    plan.commands.append(f"scratchdet plot {logs} --out runs/{spec.dataset}/{target}_plots")
+    return plan
+
+
+def _solver_outputs(solver_path: str) -> tuple[str, int]:
+    """(snapshot prefix, max_iter) of a generated solver: where the final caffemodel will be."""
+    from .caffe import io
+    sp = io.read_solver(solver_path)
+    return sp.snapshot_prefix, sp.max_iter
+
+
+def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = 600, detect: bool = True,
+              name: str = "demo") -> Plan:
+    """The main job at toy scale on the embedded synthetic data, on whatever hardware is here."""
+    spec = DATA["synthetic"]
+    plan = Plan(name)
+    raw = os.environ.get(spec.raw_env) or spec.raw_default
+    if any(not (Path(LMDB_DIR) / d / "data.mdb").exists() for d in spec.lmdbs):
+        plan.commands.append(spec.build.format(raw=raw, lmdb=LMDB_DIR, images=images))
+    gpu, _ = gpu_flag(1)
+    logs = []
+    for vid in variants:
+        model_dir, run_dir = f"models/synthetic/{vid}", f"runs/synthetic/{vid}"
+        plan.commands.append(f"scratchdet gen {vid} --out models")
+        plan.commands.append(f"scratchdet train --solver {model_dir}/solver.prototxt --gpu {gpu} "
+                             f"--log {run_dir}/train.log")
+        logs.append(f"{run_dir}/train.log")
+        if detect:
+            prefix, max_iter = _solver_outputs(f"{model_dir}/solver.prototxt")
+            images_glob = f"{raw}/SYNTH/JPEGImages"
+            plan.commands.append(
+                f"scratchdet detect --model {model_dir}/deploy.prototxt --weights {prefix}_iter_{max_iter}.caffemodel "
+                f"--labelmap data/labelmap_synthetic.prototxt --out {run_dir}/detections "
+                f"--from-list {raw}/SYNTH/ImageSets/Main/test.txt --images-dir {images_glob} --limit 6")
+    plan.commands.append(f"scratchdet compare {' '.join(logs)}")
+    plan.commands.append(f"scratchdet plot {' '.join(logs)} --out runs/synthetic/{name}_plots")
+    return plan
+
+
+def run_plan(plan: Plan, dry_run: bool) -> int:
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    exe = shutil.which("scratchdet") or f"{sys.executable} -m scratchdet"
+    for cmd in plan.commands:
+        print(f"+ {cmd}", flush=True)
+        if dry_run:
+            continue
+        argv = shlex.split(cmd)
+        argv = shlex.split(exe) + argv[1:] if argv[0] == "scratchdet" else argv
+        rc = subprocess.call(argv)
+        if rc != 0:
+            print(f"scratchdet run: '{cmd}' failed (exit {rc}); stopping", file=sys.stderr)
+            return rc
+    return 0
+
+
+def add_arguments(p) -> None:
+    p.add_argument("experiment", help="demo, demo-table1, voc07_rootres34, voc07_rootres18, "
+                                      "voc12_rootres34, coco_rootres34, table1 or table2")
+    p.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN", "") not in ("", "0"),
+                   help="print the commands without running them (also DRY_RUN=1)")
+    p.add_argument("--lmdb-dir", default=os.environ.get("LMDB_DIR", LMDB_DIR),
+                   help="folder holding the LMDBs (also LMDB_DIR=...)")
+    p.add_argument("--gpus", type=int, default=int(os.environ.get("GPUS", "4")),
+                   help="GPUs the paper's schedule assumes (default 4; fewer present -> iter_size raised)")
+    p.add_argument("--raw", default=None, help="raw data folder (default from VOC_ROOT / COCO_ROOT)")
+    p.add_argument("--images", type=int, default=int(os.environ.get("SYNTH_IMAGES", "600")),
+                   help="synthetic images to make for the demo (default 600)")
+
+
+def main(args) -> int:
+    if args.experiment == "demo":
+        return run_plan(plan_demo(images=args.images), args.dry_run)
+    if args.experiment == "demo-table1":
+        return run_plan(plan_demo(_table_variants("demo_table1_"), images=args.images, detect=False,
+                                  name="demo-table1"), args.dry_run)
+    try:
+        plan = plan_experiment(args.experiment, args.lmdb_dir, args.gpus, args.raw)
+    except DataMissing as exc:
+        print(f"scratchdet run: {exc}", file=sys.stderr)
+        return 2
+    return run_plan(plan, args.dry_run)
