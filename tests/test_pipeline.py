@@ -1,0 +1,78 @@
+"""The experiment pipeline behind the make targets: data checks and dry runs (issue 7)."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args, env_extra, cwd=REPO):
+    env = {k: v for k, v in os.environ.items() if k not in ("DRY_RUN", "LMDB_DIR", "VOC_ROOT", "COCO_ROOT")}
+    env.update(env_extra)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "scratchdet", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    return proc, time.monotonic() - start
+
+
+def test_missing_data_stops_at_once_with_preparation_commands(tmp_path):
+    proc, _ = run_cli(["run", "voc07_rootres34"],
+                      {"LMDB_DIR": str(tmp_path / "lmdb"), "VOC_ROOT": str(tmp_path / "VOCdevkit")})
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert "VOC0712_trainval_lmdb" in err and str(tmp_path / "VOCdevkit") in err
+    # the exact preparation commands: downloads of the three VOC tars, then the LMDB conversion
+    assert err.count("wget -c http://host.robots.ox.ac.uk/pascal/VOC/") == 3
+    assert f"scratchdet data voc --devkit {tmp_path / 'VOCdevkit'} --out {tmp_path / 'lmdb'}" in err
+    assert "Traceback" not in err and proc.stdout == ""
+
+
+def test_make_target_without_data_exits_nonzero(tmp_path):
+    if not (REPO / ".venv" / ".installed").exists():
+        pytest.skip("make's venv is not set up in this checkout")
+    start = time.monotonic()
+    proc = subprocess.run(["make", "-s", "coco_rootres34"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, LMDB_DIR=str(tmp_path), COCO_ROOT=str(tmp_path / "coco")))
+    assert proc.returncode != 0
+    assert "coco_trainval35k_lmdb" in proc.stderr and "scratchdet data coco" in proc.stderr
+    assert time.monotonic() - start < 60  # "at once": no training, no conversion was attempted
+
+
+def _fake_lmdbs(root: Path, names):
+    for name in names:
+        (root / name).mkdir(parents=True)
+        (root / name / "data.mdb").write_bytes(b"")
+
+
+def test_dry_run_prints_the_full_sequence(tmp_path):
+    _fake_lmdbs(tmp_path, ["VOC0712_trainval_lmdb", "VOC0712_test_lmdb"])
+    proc, _ = run_cli(["run", "voc07_rootres34"], {"LMDB_DIR": str(tmp_path), "DRY_RUN": "1"})
+    assert proc.returncode == 0, proc.stderr
+    cmds = [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    verbs = [c.split()[1] for c in cmds]
+    assert verbs == ["gen", "train", "compare", "plot"]
+    assert f"--lmdb-dir {tmp_path}" in cmds[0]
+    assert "--solver runs/VOC0712/voc07_rootres34/models/VOC0712/voc07_rootres34/solver.prototxt" in cmds[1]
+    assert "--gpu cpu" in cmds[1] or "--gpu 0" in cmds[1]
+    assert cmds[2].endswith("runs/VOC0712/voc07_rootres34/train.log --variant voc07_rootres34")
+    # a dry run writes nothing
+    assert not (REPO / "runs" / "VOC0712" / "voc07_rootres34" / "train.log").exists()
+
+
+def test_dry_run_builds_lmdbs_when_only_raw_data_exist(tmp_path):
+    (tmp_path / "VOCdevkit" / "VOC2007" / "Annotations").mkdir(parents=True)
+    proc, _ = run_cli(["run", "voc07_rootres18", "--dry-run"],
+                      {"LMDB_DIR": str(tmp_path / "lmdb"), "VOC_ROOT": str(tmp_path / "VOCdevkit")})
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first == f"+ scratchdet data voc --devkit {tmp_path / 'VOCdevkit'} --out {tmp_path / 'lmdb'}"
+
+
+def test_unknown_experiment_is_one_line_error():
+    proc, _ = run_cli(["run", "voc07_rootres99"], {})
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "voc07_rootres99" in proc.stderr
