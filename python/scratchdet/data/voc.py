@@ -1,0 +1,124 @@
+"""PASCAL VOC: read a ``VOCdevkit`` tree, build SSD's lists, parse the XML annotations.
+
+Lists as the fork's ``data/VOC0712/create_list.sh`` builds them, lines
+``VOC2007/JPEGImages/000005.jpg VOC2007/Annotations/000005.xml`` relative to the devkit:
+trainval = VOC2007 trainval + VOC2012 trainval, shuffled (with a fixed seed here; the fork's perl
+shuffle is unseeded); test = VOC2007 test in ImageSets order; 07++12 ("VOC0712Plus") = VOC2007
+trainval + VOC2007 test + VOC2012 trainval, shuffled. ``test_name_size.txt`` lists the test images.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ScratchDetError
+from .convert import Entry, _read_annotation_text, shuffled
+from .record import BadRecord, RawAnnotation, RawObject
+
+# set name -> (LMDB folder, [(year, image set)], shuffle)
+VOC_SETS = {
+    "trainval": ("VOC0712_trainval_lmdb", [("2007", "trainval"), ("2012", "trainval")], True),
+    "test": ("VOC0712_test_lmdb", [("2007", "test")], False),
+    "plus": ("VOC0712Plus_trainval_lmdb", [("2007", "trainval"), ("2007", "test"), ("2012", "trainval")], True),
+}
+LIST_NAMES = {"trainval": "trainval.txt", "test": "test.txt", "plus": "trainval_plus.txt"}
+
+
+def parse_xml(path) -> RawAnnotation:
+    """A VOC annotation: declared size and objects (name, difficult, integer pixel ``bndbox``)."""
+    path = Path(path)
+    text = _read_annotation_text(path)
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise BadRecord("bad annotation", f"{path}: malformed XML ({exc})") from None
+    if root.tag != "annotation":
+        raise BadRecord("bad annotation", f"{path}: root element is <{root.tag}>, expected <annotation>")
+    size = root.find("size")
+    width = _number(size.findtext("width"), path, "size/width") if size is not None else None
+    height = _number(size.findtext("height"), path, "size/height") if size is not None else None
+    objects = []
+    for i, obj in enumerate(root.findall("object")):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise BadRecord("bad annotation", f"{path}: object {i} has no <name>")
+        difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        box = obj.find("bndbox")
+        if box is None:
+            raise BadRecord("bad annotation", f"{path}: object {i} ({name}) has no <bndbox>")
+        coords = []
+        for tag in ("xmin", "ymin", "xmax", "ymax"):
+            v = _number(box.findtext(tag), path, f"object {i} bndbox/{tag}")
+            if v is None:
+                raise BadRecord("bad annotation", f"{path}: object {i} ({name}) has no bndbox/{tag}")
+            coords.append(np.float32(v))
+        objects.append(RawObject(name, *coords, difficult))
+    return RawAnnotation(str(path), _as_int(width), _as_int(height), objects)
+
+
+def _number(text, path, what):
+    if text is None or not text.strip():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise BadRecord("bad annotation", f"{path}: {what} is not a number ({text.strip()!r})") from None
+
+
+def _as_int(v):
+    return None if v is None else int(v)
+
+
+def read_image_set(devkit, year: str, image_set: str, folder: str | None = None) -> list[str]:
+    path = Path(devkit) / (folder or f"VOC{year}") / "ImageSets" / "Main" / f"{image_set}.txt"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ScratchDetError(f"{path}: image set not found (is {devkit} a VOCdevkit with VOC{year}?)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScratchDetError(f"{path}: cannot read image set ({exc})") from None
+    ids = [line.split()[0] for line in lines if line.strip()]
+    if not ids:
+        raise ScratchDetError(f"{path}: empty image set")
+    return ids
+
+
+def entries_for(devkit, parts, folder_of=lambda year: f"VOC{year}") -> list[Entry]:
+    devkit = Path(devkit)
+    entries = []
+    for year, image_set in parts:
+        folder = folder_of(year)
+        for image_id in read_image_set(devkit, year, image_set, folder):
+            image_rel = f"{folder}/JPEGImages/{image_id}.jpg"
+            entries.append(Entry(image_rel, str(devkit / image_rel),
+                                 str(devkit / folder / "Annotations" / f"{image_id}.xml"), "xml", image_id))
+    return entries
+
+
+def build_lists(devkit, sets=("trainval", "test"), seed: int = 0, years=("2007", "2012")) -> dict[str, list[Entry]]:
+    """Set name -> entries in key order. ``years`` limits which VOC years may be used."""
+    out = {}
+    for name in sets:
+        _, parts, shuffle = VOC_SETS[name]
+        parts = [(y, s) for y, s in parts if y in years]
+        if not parts:
+            raise ScratchDetError(f"VOC set {name!r} needs VOC years {sorted({y for y, _ in VOC_SETS[name][1]})}, "
+                                  f"but --years allows only {','.join(years)}")
+        entries = entries_for(devkit, parts)
+        out[name] = shuffled(entries, seed) if shuffle else entries
+    return out
+
+
+def check_devkit(devkit, years) -> None:
+    devkit = Path(devkit)
+    if not devkit.is_dir():
+        raise ScratchDetError(f"{devkit}: VOCdevkit folder not found")
+    for year in years:
+        if not (devkit / f"VOC{year}" / "Annotations").is_dir():
+            raise ScratchDetError(f"{devkit}/VOC{year}/Annotations: not found (download and extract VOC{year}, "
+                                  f"or pass --years without {year})")
