@@ -1,0 +1,484 @@
+"""SSD's data augmentation, as the fork's AnnotatedData layer applies it (caffe-ssd-spec §3).
+
+Per image, in this order: photometric distortion (``distort_param``), zoom-out onto a mean-filled
+canvas (``expand_param``), the batch samplers' random crop (``annotated_data_param.batch_sampler``),
+then ``DataTransformer``: resize (``resize_param``), optional fixed crop, mirror, mean subtraction
+and scale, giving a float CHW BGR array. Boxes follow every geometric step with Caffe's rules:
+``UpdateBBoxByResizePolicy``, the emit constraint, ``ProjectBBox`` (drop when outside, clip to
+[0, 1], drop when empty) and the mirror flip.
+
+Randomness comes from a ``numpy.random.Generator`` passed in, so a sample is a pure function of
+(record, seed). The draws follow Caffe's order step by step but cannot reproduce its boost
+stream. Caffe re-encodes the image as JPEG after distort, expand and crop (it keeps datums
+encoded); that costs time and adds compression noise, so here it is an option, off by default
+(``reencode_jpeg=True`` turns it on).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from ..caffe.netstate import TRAIN
+from ..caffe.schema import pb
+from ..errors import ScratchDetError
+
+RP = pb.ResizeParameter
+_INTERP = {RP.LINEAR: cv2.INTER_LINEAR, RP.AREA: cv2.INTER_AREA, RP.NEAREST: cv2.INTER_NEAREST,
+           RP.CUBIC: cv2.INTER_CUBIC, RP.LANCZOS4: cv2.INTER_LANCZOS4}
+_PAD = {RP.CONSTANT: cv2.BORDER_CONSTANT, RP.MIRRORED: cv2.BORDER_REFLECT101,
+        RP.REPEAT_NEAREST: cv2.BORDER_REPLICATE}
+UNIT_BOX = (0.0, 0.0, 1.0, 1.0)
+
+
+@dataclass
+class Sample:
+    """An image (HxWx3 uint8 BGR) with its boxes in stored order: ``labels`` (group label),
+    ``boxes`` [N,4] normalized xmin, ymin, xmax, ymax, ``difficult``, ``instance_ids``."""
+    image: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray
+    difficult: np.ndarray
+    instance_ids: np.ndarray
+
+    @classmethod
+    def make(cls, image, labels=(), boxes=(), difficult=None, instance_ids=None) -> "Sample":
+        labels = np.asarray(labels, np.int32).reshape(-1)
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        n = len(labels)
+        difficult = np.zeros(n, bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
+        instance_ids = np.arange(n, dtype=np.int32) if instance_ids is None else np.asarray(instance_ids, np.int32).reshape(-1)
+        if not (len(boxes) == len(difficult) == len(instance_ids) == n):
+            raise ScratchDetError(f"sample: {n} labels, {len(boxes)} boxes, {len(difficult)} difficult flags, "
+                                  f"{len(instance_ids)} instance ids")
+        return cls(image, labels, boxes, difficult, instance_ids)
+
+    def keep(self, mask: np.ndarray, boxes: np.ndarray, image: np.ndarray | None = None) -> "Sample":
+        return Sample(self.image if image is None else image, self.labels[mask], boxes[mask].astype(np.float32),
+                      self.difficult[mask], self.instance_ids[mask])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# -- box helpers (util/bbox_util.cpp, normalized coordinates) ---------------------------------------
+
+def box_size(b: np.ndarray) -> np.ndarray:
+    """BBoxSize: width*height, 0 for an inverted box. ``b`` [..., 4]."""
+    w = b[..., 2] - b[..., 0]
+    h = b[..., 3] - b[..., 1]
+    return np.where((w < 0) | (h < 0), 0.0, w * h)
+
+
+def intersection(a: np.ndarray, b) -> np.ndarray:
+    """Area of IntersectBBox(a, b) for boxes ``a`` [N,4] and one box ``b``."""
+    b = np.asarray(b, np.float64)
+    disjoint = (b[0] > a[:, 2]) | (b[2] < a[:, 0]) | (b[1] > a[:, 3]) | (b[3] < a[:, 1])
+    w = np.minimum(a[:, 2], b[2]) - np.maximum(a[:, 0], b[0])
+    h = np.minimum(a[:, 3], b[3]) - np.maximum(a[:, 1], b[1])
+    return np.where(disjoint, 0.0, np.maximum(w, 0) * np.maximum(h, 0))
+
+
+def jaccard(a: np.ndarray, b) -> np.ndarray:
+    inter = intersection(a, b)
+    union = box_size(a) + box_size(np.asarray(b, np.float64)) - inter
+    return np.where(inter > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def clip_box(b) -> tuple[float, float, float, float]:
+    return tuple(float(min(max(v, 0.0), 1.0)) for v in b)
+
+
+# -- 1. distortion (im_transforms.cpp ApplyDistort) -------------------------------------------------
+
+def _convert(channel: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """cv::Mat::convertTo(dst, -1, alpha, beta) on uint8: round to nearest, saturate."""
+    out = channel.astype(np.float32) * np.float32(alpha) + np.float32(beta)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def random_brightness(img, dp, rng):
+    if rng.uniform() < dp.brightness_prob:
+        delta = rng.uniform(-dp.brightness_delta, dp.brightness_delta) if dp.brightness_delta > 0 else 0.0
+        if delta != 0:
+            img = _convert(img, 1.0, delta)
+    return img
+
+
+def random_contrast(img, dp, rng):
+    if rng.uniform() < dp.contrast_prob:
+        alpha = _uniform(rng, dp.contrast_lower, dp.contrast_upper, "contrast")
+        if abs(alpha - 1.0) > 1e-3:
+            img = _convert(img, alpha, 0.0)
+    return img
+
+
+def random_saturation(img, dp, rng):
+    if rng.uniform() < dp.saturation_prob:
+        alpha = _uniform(rng, dp.saturation_lower, dp.saturation_upper, "saturation")
+        # the fork tests |alpha - 1| != 1e-3, which is always true: it always converts
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        hsv[..., 1] = _convert(hsv[..., 1], alpha, 0.0)
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    return img
+
+
+def random_hue(img, dp, rng):
+    if rng.uniform() < dp.hue_prob:
+        delta = rng.uniform(-dp.hue_delta, dp.hue_delta) if dp.hue_delta > 0 else 0.0
+        if abs(delta) > 0:
+            hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+            hsv[..., 0] = _convert(hsv[..., 0], 1.0, delta)   # saturating, no wrap (as the fork)
+            img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    return img
+
+
+def random_channel_order(img, dp, rng):
+    if rng.uniform() < dp.random_order_prob:
+        img = np.ascontiguousarray(img[..., rng.permutation(img.shape[2])])
+    return img
+
+
+def distort(img: np.ndarray, dp, rng) -> np.ndarray:
+    """ApplyDistort: brightness, then contrast before or after saturation+hue (a coin flip),
+    then a random channel order; each with its own probability."""
+    if rng.uniform() > 0.5:
+        steps = (random_brightness, random_contrast, random_saturation, random_hue, random_channel_order)
+    else:
+        steps = (random_brightness, random_saturation, random_hue, random_contrast, random_channel_order)
+    for step in steps:
+        img = step(img, dp, rng)
+    return img
+
+
+def _uniform(rng, lo: float, hi: float, what: str) -> float:
+    if hi < lo:
+        raise ScratchDetError(f"distort_param: {what}_upper {hi} < {what}_lower {lo}")
+    return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+
+
+# -- box transform (DataTransformer::TransformAnnotation) ---------------------------------------------
+
+def meets_emit_constraint(boxes: np.ndarray, crop, emit) -> np.ndarray:
+    """MeetEmitConstraint for each box against ``crop`` (normalized)."""
+    if emit is None:
+        return np.ones(len(boxes), bool)
+    if emit.emit_type == pb.EmitConstraint.CENTER:
+        cx = (boxes[:, 0] + boxes[:, 2]) / 2
+        cy = (boxes[:, 1] + boxes[:, 3]) / 2
+        return (cx >= crop[0]) & (cx <= crop[2]) & (cy >= crop[1]) & (cy <= crop[3])
+    size = box_size(boxes)
+    coverage = np.where(size > 0, intersection(boxes, crop) / np.where(size > 0, size, 1), 0.0)
+    return coverage > emit.emit_overlap
+
+
+def project_boxes(boxes: np.ndarray, crop) -> tuple[np.ndarray, np.ndarray]:
+    """ProjectBBox onto ``crop``: (kept mask, projected boxes). A box that does not overlap the crop,
+    or that is empty after clipping to [0, 1], is dropped."""
+    x0, y0, x1, y1 = (float(v) for v in crop)
+    outside = (boxes[:, 0] >= x1) | (boxes[:, 2] <= x0) | (boxes[:, 1] >= y1) | (boxes[:, 3] <= y0)
+    w, h = x1 - x0, y1 - y0
+    proj = np.empty_like(boxes, dtype=np.float64)
+    proj[:, 0] = (boxes[:, 0] - x0) / w
+    proj[:, 1] = (boxes[:, 1] - y0) / h
+    proj[:, 2] = (boxes[:, 2] - x0) / w
+    proj[:, 3] = (boxes[:, 3] - y0) / h
+    proj = np.clip(proj, 0.0, 1.0)
+    return ~outside & (box_size(proj) > 0), proj
+
+
+def transform_boxes(sample: Sample, crop=UNIT_BOX, emit=None, mirror: bool = False,
+                    resize=None, image_hw: tuple[int, int] | None = None, image: np.ndarray | None = None) -> Sample:
+    """TransformAnnotation: optional resize-policy update (``resize`` = ResizeParameter, with the
+    pre-resize ``image_hw``), the emit constraint against ``crop``, projection onto ``crop``, and the
+    horizontal flip. Returns the surviving boxes (stored order kept) with ``image`` attached."""
+    boxes = sample.boxes.astype(np.float64)
+    if resize is not None and image_hw is not None:
+        boxes = update_boxes_by_resize(boxes, resize, *image_hw)
+    keep = meets_emit_constraint(boxes, crop, emit)
+    inside, proj = project_boxes(boxes, crop)
+    keep &= inside
+    if mirror:
+        proj = proj.copy()
+        proj[:, [0, 2]] = 1.0 - proj[:, [2, 0]]
+    return sample.keep(keep, proj, image)
+
+
+def update_boxes_by_resize(boxes: np.ndarray, rp, old_h: int, old_w: int) -> np.ndarray:
+    """UpdateBBoxByResizePolicy: boxes in the resized (and padded) image, normalized."""
+    new_w, new_h = float(rp.width), float(rp.height)
+    old_w, old_h = float(old_w), float(old_h)
+    x0, y0, x1, y1 = (boxes[:, i] * s for i, s in ((0, old_w), (1, old_h), (2, old_w), (3, old_h)))
+    orig_aspect, new_aspect = old_w / old_h, new_w / new_h
+    mode = rp.resize_mode
+    if mode == RP.WARP:
+        x0 = np.maximum(0.0, x0 * new_w / old_w)
+        x1 = np.minimum(new_w, x1 * new_w / old_w)
+        y0 = np.maximum(0.0, y0 * new_h / old_h)
+        y1 = np.minimum(new_h, y1 * new_h / old_h)
+    elif mode == RP.FIT_LARGE_SIZE_AND_PAD:
+        if orig_aspect > new_aspect:
+            pad = (new_h - new_w / orig_aspect) / 2
+            x0 = np.maximum(0.0, x0 * new_w / old_w)
+            x1 = np.minimum(new_w, x1 * new_w / old_w)
+            y0 = pad + np.maximum(0.0, y0 * (new_h - 2 * pad) / old_h)
+            y1 = pad + np.minimum(new_h, y1 * (new_h - 2 * pad) / old_h)
+        else:
+            pad = (new_w - orig_aspect * new_h) / 2
+            x0 = pad + np.maximum(0.0, x0 * (new_w - 2 * pad) / old_w)
+            x1 = pad + np.minimum(new_w, x1 * (new_w - 2 * pad) / old_w)
+            y0 = np.maximum(0.0, y0 * new_h / old_h)
+            y1 = np.minimum(new_h, y1 * new_h / old_h)
+    elif mode == RP.FIT_SMALL_SIZE:
+        if orig_aspect < new_aspect:
+            new_h = new_w / orig_aspect
+        else:
+            new_w = orig_aspect * new_h
+        x0 = np.maximum(0.0, x0 * new_w / old_w)
+        x1 = np.minimum(new_w, x1 * new_w / old_w)
+        y0 = np.maximum(0.0, y0 * new_h / old_h)
+        y1 = np.minimum(new_h, y1 * new_h / old_h)
+    else:
+        raise ScratchDetError(f"resize_param: unknown resize_mode {mode}")
+    return np.stack([x0 / new_w, y0 / new_h, x1 / new_w, y1 / new_h], axis=1).reshape(-1, 4)
+
+
+# -- 2. expand (DataTransformer::ExpandImage) ----------------------------------------------------------
+
+def expand(sample: Sample, ep, mean: tuple[float, float, float], rng, emit=None) -> Sample:
+    """Zoom out: paste the image at a random place on a canvas ``ratio`` times larger, filled with
+    the mean; boxes are re-projected onto the canvas."""
+    if rng.uniform() > ep.prob:
+        return sample
+    max_ratio = float(ep.max_expand_ratio)
+    if abs(max_ratio - 1.0) < 1e-2:
+        return sample
+    ratio = float(rng.uniform(1.0, max_ratio))
+    h, w = sample.image.shape[:2]
+    eh, ew = int(h * ratio), int(w * ratio)
+    h_off = int(math.floor(rng.uniform(0.0, eh - h))) if eh > h else 0
+    w_off = int(math.floor(rng.uniform(0.0, ew - w))) if ew > w else 0
+    canvas = np.empty((eh, ew, 3), np.uint8)
+    canvas[:] = np.clip(np.rint(np.asarray(mean, np.float64)), 0, 255).astype(np.uint8)
+    canvas[h_off:h_off + h, w_off:w_off + w] = sample.image
+    expand_box = (-w_off / w, -h_off / h, (ew - w_off) / w, (eh - h_off) / h)
+    return transform_boxes(sample, expand_box, emit, image=canvas)
+
+
+# -- 3. batch samplers (util/sampler.cpp) ----------------------------------------------------------------
+
+def sample_box(sampler, rng) -> tuple[float, float, float, float]:
+    """SampleBBox: scale and aspect ratio (clamped to [s^2, 1/s^2]), then a uniform position."""
+    lo_s, hi_s = float(sampler.min_scale), float(sampler.max_scale)
+    if not (0 < lo_s <= hi_s <= 1):
+        raise ScratchDetError(f"batch_sampler: need 0 < min_scale <= max_scale <= 1, got {lo_s}, {hi_s}")
+    lo_a, hi_a = float(sampler.min_aspect_ratio), float(sampler.max_aspect_ratio)
+    if not (0 < lo_a <= hi_a):
+        raise ScratchDetError(f"batch_sampler: need 0 < min_aspect_ratio <= max_aspect_ratio, got {lo_a}, {hi_a}")
+    scale = rng.uniform(lo_s, hi_s) if hi_s > lo_s else lo_s
+    aspect = rng.uniform(lo_a, hi_a) if hi_a > lo_a else lo_a
+    aspect = min(max(aspect, scale ** 2), 1.0 / scale ** 2)
+    bw, bh = scale * math.sqrt(aspect), scale / math.sqrt(aspect)
+    x0 = rng.uniform(0.0, 1.0 - bw) if bw < 1 else 0.0
+    y0 = rng.uniform(0.0, 1.0 - bh) if bh < 1 else 0.0
+    return (float(x0), float(y0), float(x0 + bw), float(y0 + bh))
+
+
+def satisfies_constraint(box, objects: np.ndarray, c) -> bool:
+    """SatisfySampleConstraint: no bound set -> accepted; otherwise some object passes every
+    configured test (Jaccard, sample coverage, object coverage)."""
+    has_j = c.HasField("min_jaccard_overlap") or c.HasField("max_jaccard_overlap")
+    has_s = c.HasField("min_sample_coverage") or c.HasField("max_sample_coverage")
+    has_o = c.HasField("min_object_coverage") or c.HasField("max_object_coverage")
+    if not (has_j or has_s or has_o):
+        return True
+    if len(objects) == 0:
+        return False
+    ok = np.ones(len(objects), bool)
+    inter = intersection(objects, box)
+
+    def within(values, lo_field, hi_field):
+        m = np.ones(len(values), bool)
+        if c.HasField(lo_field):
+            m &= values >= getattr(c, lo_field)
+        if c.HasField(hi_field):
+            m &= values <= getattr(c, hi_field)
+        return m
+
+    if has_j:
+        ok &= within(jaccard(objects, box), "min_jaccard_overlap", "max_jaccard_overlap")
+    if has_s:
+        size = box_size(np.asarray(box, np.float64))
+        ok &= within(inter / size if size > 0 else np.zeros(len(objects)), "min_sample_coverage", "max_sample_coverage")
+    if has_o:
+        osize = box_size(objects)
+        ok &= within(np.where(osize > 0, inter / np.where(osize > 0, osize, 1), 0.0),
+                     "min_object_coverage", "max_object_coverage")
+    return bool(ok.any())
+
+
+def generate_batch_samples(objects: np.ndarray, batch_samplers, rng) -> list[tuple]:
+    """GenerateBatchSamples: every sampler's accepted boxes, pooled, in sampler order."""
+    pool = []
+    for bs in batch_samplers:
+        if not bs.use_original_image:
+            continue
+        found = 0
+        for _ in range(bs.max_trials):
+            if bs.HasField("max_sample") and found >= bs.max_sample:
+                break
+            box = sample_box(bs.sampler, rng)
+            if satisfies_constraint(box, objects, bs.sample_constraint):
+                found += 1
+                pool.append(box)
+    return pool
+
+
+def crop(sample: Sample, box, emit=None) -> Sample:
+    """CropImage: the pixel window of ``box`` (clipped, scaled, truncated), boxes projected onto it."""
+    clipped = clip_box(box)
+    h, w = sample.image.shape[:2]
+    x0, y0 = int(clipped[0] * w), int(clipped[1] * h)
+    cw, ch = int((clipped[2] - clipped[0]) * w), int((clipped[3] - clipped[1]) * h)
+    cw, ch = max(cw, 1), max(ch, 1)
+    image = np.ascontiguousarray(sample.image[y0:y0 + ch, x0:x0 + cw])
+    return transform_boxes(sample, clipped, emit, image=image)
+
+
+# -- 4. resize (im_transforms.cpp ApplyResize) ------------------------------------------------------------
+
+def resize(img: np.ndarray, rp, rng) -> np.ndarray:
+    """ApplyResize with an interpolation drawn uniformly from ``interp_mode`` (LINEAR if none)."""
+    modes = list(rp.interp_mode)
+    interp = _INTERP[modes[int(rng.integers(len(modes)))] if len(modes) > 1 else modes[0]] if modes else cv2.INTER_LINEAR
+    new_w, new_h = int(rp.width), int(rp.height)
+    h, w = img.shape[:2]
+    if rp.resize_mode == RP.WARP:
+        return cv2.resize(img, (new_w, new_h), interpolation=interp)
+    aspect, new_aspect = w / h, new_w / new_h
+    if rp.resize_mode == RP.FIT_LARGE_SIZE_AND_PAD:
+        pad_value = list(rp.pad_value) or [0.0]
+        if len(pad_value) == 1:
+            pad_value *= 3
+        border = _PAD[rp.pad_mode]
+        if aspect > new_aspect:
+            height = int(math.floor(new_w / aspect))
+            out = cv2.resize(img, (new_w, height), interpolation=interp)
+            top = (new_h - height) // 2
+            return cv2.copyMakeBorder(out, top, new_h - height - top, 0, 0, border, value=pad_value)
+        width = int(math.floor(aspect * new_h))
+        out = cv2.resize(img, (width, new_h), interpolation=interp)
+        left = (new_w - width) // 2
+        return cv2.copyMakeBorder(out, 0, 0, left, new_w - width - left, border, value=pad_value)
+    if rp.resize_mode == RP.FIT_SMALL_SIZE:
+        if aspect < new_aspect:
+            return cv2.resize(img, (new_w, int(math.floor(new_w / aspect))), interpolation=interp)
+        return cv2.resize(img, (int(math.floor(aspect * new_h)), new_h), interpolation=interp)
+    raise ScratchDetError(f"resize_param: unknown resize_mode {rp.resize_mode}")
+
+
+def reencode(img: np.ndarray) -> np.ndarray:
+    """JPEG round trip at OpenCV's default quality, as Caffe's EncodeCVMatToDatum does."""
+    ok, buf = cv2.imencode(".jpg", img)
+    if not ok:
+        raise ScratchDetError("augment: JPEG re-encoding failed")
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+
+# -- the whole pipeline -------------------------------------------------------------------------------
+
+class Augmenter:
+    """The per-image work of the AnnotatedData layer for one ``transform_param`` and the layer's
+    ``batch_sampler`` list. ``__call__(sample, rng) -> (float32 [3,H,W], Sample)``: the network
+    input and the boxes that survived, normalized to the output image."""
+
+    def __init__(self, tp, batch_samplers=(), phase: int = TRAIN, reencode_jpeg: bool = False,
+                 source: str = "transform_param"):
+        self.tp = tp
+        self.batch_samplers = list(batch_samplers)
+        self.phase = phase
+        self.reencode_jpeg = reencode_jpeg
+        if tp.mean_file:
+            raise ScratchDetError(f"{source}: mean_file is not supported; give mean_value per channel")
+        if tp.force_gray:
+            raise ScratchDetError(f"{source}: force_gray is not supported (detection nets take 3 channels)")
+        if tp.HasField("noise_param") and tp.noise_param.prob > 0:
+            raise ScratchDetError(f"{source}: noise_param is not supported by this data layer")
+        means = [float(v) for v in tp.mean_value]
+        if len(means) not in (0, 1, 3):
+            raise ScratchDetError(f"{source}: mean_value needs 1 or 3 values, got {len(means)}")
+        self.mean = tuple(means * 3 if len(means) == 1 else (means or [0.0, 0.0, 0.0]))
+        self.emit = tp.emit_constraint if tp.HasField("emit_constraint") else None
+        self.resize_param = tp.resize_param if tp.HasField("resize_param") else None
+        if self.resize_param is not None:
+            rp = self.resize_param
+            if rp.height <= 0 or rp.width <= 0:
+                raise ScratchDetError(f"{source}: resize_param needs height and width > 0")
+            for m in rp.interp_mode:
+                if m not in _INTERP:
+                    raise ScratchDetError(f"{source}: unknown interp_mode {m}")
+        self.crop_hw = (tp.crop_h or tp.crop_size, tp.crop_w or tp.crop_size)
+        if bool(self.crop_hw[0]) != bool(self.crop_hw[1]):
+            raise ScratchDetError(f"{source}: crop_h and crop_w must be given together")
+
+    def output_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        h, w = image_hw
+        if self.resize_param is not None:
+            rp = self.resize_param
+            if rp.resize_mode == RP.FIT_SMALL_SIZE:
+                aspect = w / h
+                h, w = ((int(math.floor(rp.width / aspect)), rp.width) if aspect < rp.width / rp.height
+                        else (rp.height, int(math.floor(aspect * rp.height))))
+            else:
+                h, w = rp.height, rp.width
+        if self.crop_hw[0]:
+            h, w = self.crop_hw
+        return int(h), int(w)
+
+    def __call__(self, sample: Sample, rng) -> tuple[np.ndarray, Sample]:
+        tp = self.tp
+        if tp.HasField("distort_param"):
+            img = distort(sample.image, tp.distort_param, rng)
+            sample = replace(sample, image=reencode(img) if self.reencode_jpeg else img)
+        if tp.HasField("expand_param"):
+            expanded = expand(sample, tp.expand_param, self.mean, rng, self.emit)
+            if expanded is not sample and self.reencode_jpeg:
+                expanded = replace(expanded, image=reencode(expanded.image))
+            sample = expanded
+        if self.batch_samplers:
+            pool = generate_batch_samples(sample.boxes.astype(np.float64), self.batch_samplers, rng)
+            if pool:
+                sample = crop(sample, pool[int(rng.integers(len(pool)))], self.emit)
+                if self.reencode_jpeg:
+                    sample = replace(sample, image=reencode(sample.image))
+        return self.transform(sample, rng)
+
+    def transform(self, sample: Sample, rng) -> tuple[np.ndarray, Sample]:
+        """DataTransformer::Transform(AnnotatedDatum): resize, fixed crop, mirror, mean and scale."""
+        tp = self.tp
+        img = sample.image
+        old_hw = img.shape[:2]
+        if self.resize_param is not None:
+            img = resize(img, self.resize_param, rng)
+        crop_box = UNIT_BOX
+        ch, cw = self.crop_hw
+        if ch:
+            h, w = img.shape[:2]
+            if h < ch or w < cw:
+                raise ScratchDetError(f"transform_param: crop {ch}x{cw} larger than the image {h}x{w}")
+            if self.phase == TRAIN:
+                y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+            else:
+                y0, x0 = (h - ch) // 2, (w - cw) // 2
+            img = img[y0:y0 + ch, x0:x0 + cw]
+            crop_box = (x0 / w, y0 / h, (x0 + cw) / w, (y0 + ch) / h)
+        do_mirror = bool(tp.mirror) and bool(rng.integers(2))
+        if do_mirror:
+            img = img[:, ::-1]
+        out = img.astype(np.float32).transpose(2, 0, 1)
+        out = (out - np.asarray(self.mean, np.float32)[:, None, None]) * np.float32(tp.scale)
+        boxes = transform_boxes(sample, crop_box, self.emit, do_mirror, self.resize_param, old_hw,
+                                image=np.ascontiguousarray(img))
+        return np.ascontiguousarray(out, dtype=np.float32), boxes
