@@ -81,7 +81,7 @@ def load_annotation(entry: Entry) -> RawAnnotation | None:
     raise ScratchDetError(f"unknown label type {entry.label_type!r} (choose from {', '.join(LABEL_TYPES)})")
 
 
-def _read_annotation_text(path: Path) -> str:
+def read_annotation_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -90,6 +90,11 @@ def _read_annotation_text(path: Path) -> str:
         raise BadRecord("bad annotation", f"{path}: cannot read annotation ({exc.strerror})") from None
     if not data.strip():
         raise BadRecord("bad annotation", f"{path}: empty annotation file")
+    return data
+
+
+def read_annotation_text(path: Path) -> str:
+    data = read_annotation_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -98,7 +103,7 @@ def _read_annotation_text(path: Path) -> str:
 
 def parse_image_json(path: Path) -> RawAnnotation:
     """The fork's per-image COCO JSON (``{"image": {height, width}, "annotation": [...]}``)."""
-    text = _read_annotation_text(path)
+    text = read_annotation_text(path)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -113,7 +118,7 @@ def parse_image_json(path: Path) -> RawAnnotation:
 
 def parse_txt(path: Path) -> RawAnnotation:
     """Lines ``label xmin ymin xmax ymax`` in pixels; labels are label-map ids, difficult false."""
-    text = _read_annotation_text(path)
+    text = read_annotation_text(path)
     objects = []
     for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
@@ -137,11 +142,16 @@ def _int_or_none(v):
         return None
 
 
+LMDB_MAX_KEY = 511      # bytes; LMDB's compiled-in key size limit
+
+
 def check_file_name(list_path: str) -> None:
     if not list_path.isascii():
         raise BadRecord("bad file name", f"{list_path!r}: non-ASCII file name (Caffe tools and list files expect ASCII)")
     if any(c.isspace() for c in list_path):
         raise BadRecord("bad file name", f"{list_path!r}: file name contains whitespace (list files are space separated)")
+    if len(list_path.encode()) + 9 > LMDB_MAX_KEY:
+        raise BadRecord("bad file name", f"{list_path[:60]}...: path too long for an LMDB key ({LMDB_MAX_KEY} bytes at most)")
 
 
 def process_entry(entry: Entry, name_to_label: dict[str, int]):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ScratchDetError
-from .convert import Entry, _read_annotation_text, shuffled
+from .convert import Entry, read_annotation_bytes, shuffled
 from .record import BadRecord, RawAnnotation, RawObject
 
 # set name -> (LMDB folder, [(year, image set)], shuffle)
@@ -29,9 +29,9 @@ LIST_NAMES = {"trainval": "trainval.txt", "test": "test.txt", "plus": "trainval_
 def parse_xml(path) -> RawAnnotation:
     """A VOC annotation: declared size and objects (name, difficult, integer pixel ``bndbox``)."""
     path = Path(path)
-    text = _read_annotation_text(path)
+    data = read_annotation_bytes(path)
     try:
-        root = ET.fromstring(text)
+        root = ET.fromstring(data)     # bytes: the XML declaration's encoding is honoured
     except ET.ParseError as exc:
         raise BadRecord("bad annotation", f"{path}: malformed XML ({exc})") from None
     if root.tag != "annotation":
