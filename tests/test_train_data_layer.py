@@ -1,0 +1,126 @@
+"""The AnnotatedData layer: label rows, key order with wrap-around, the empty-batch row, DDP
+sharding, a stream that does not depend on the worker count and resumes at a position."""
+import cv2
+import numpy as np
+import pytest
+
+from scratchdet.caffe import io
+from scratchdet.caffe.netstate import TEST, TRAIN
+from scratchdet.caffe.schema import pb
+from scratchdet.data.lmdb_io import LMDBWriter, record_key
+from scratchdet.engine.layers.annotated_data import AnnotatedDataLayer
+from scratchdet.errors import ScratchDetError
+
+H = W = 16
+# record i: a flat image of value 10*i, and i % 3 boxes (record 0 has none)
+BOXES = {i: [(i % 5 + 1, (0.1 * k, 0.2, 0.1 * k + 0.3, 0.6 + 0.1 * k)) for k in range(i % 3)] for i in range(5)}
+
+
+def record(i):
+    rec = pb.AnnotatedDatum(type=pb.AnnotatedDatum.BBOX)
+    img = np.full((H, W, 3), 10 * i, np.uint8)
+    rec.datum.data = cv2.imencode(".png", img)[1].tobytes()
+    rec.datum.encoded, rec.datum.channels, rec.datum.height, rec.datum.width = True, 3, H, W
+    for k, (label, box) in enumerate(BOXES[i]):
+        g = rec.annotation_group.add(group_label=label)
+        a = g.annotation.add(instance_id=k)
+        a.bbox.xmin, a.bbox.ymin, a.bbox.xmax, a.bbox.ymax = box
+        a.bbox.difficult = k == 1
+    return rec
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lmdb") / "tiny_lmdb"
+    with LMDBWriter(path) as w:
+        for i in range(5):
+            w.put(record_key(i, f"img{i}.png"), record(i).SerializeToString())
+    return path
+
+
+def layer(db, batch=2, phase=TRAIN, transform="", samplers=""):
+    lp = io.parse_text(f"""name: "data" type: "AnnotatedData" top: "data" top: "label"
+        data_param {{ source: "{db}" batch_size: {batch} backend: LMDB }}
+        transform_param {{ resize_param {{ resize_mode: WARP height: {H} width: {W} }} {transform} }}
+        annotated_data_param {{ {samplers} }}""", pb.LayerParameter)
+    lay = AnnotatedDataLayer(lp, phase, [], [(batch, 3, H, W), (1, 1, 1, 8)])
+    lay.configure(workers=0)
+    return lay
+
+
+def record_ids(data):
+    return [int(round(float(x))) // 10 for x in data[:, 0, 0, 0]]
+
+
+def test_batches_follow_key_order_and_wrap(db):
+    lay = layer(db)
+    seen = [record_ids(lay.forward()[0]) for _ in range(4)]
+    assert seen == [[0, 1], [2, 3], [4, 0], [1, 2]]
+    assert lay.position == 8
+
+
+def test_label_rows_and_empty_batch(db):
+    lay = layer(db)
+    data, label = lay.forward()                   # records 0 (no box) and 1 (one box)
+    assert data.shape == (2, 3, H, W)
+    np.testing.assert_allclose(label.numpy(), [[[[1, 2, 0, 0.0, 0.2, 0.3, 0.6, 0]]]], atol=1e-6)
+    data, label = lay.forward()                   # records 2 (two boxes, the second difficult) and 3 (none)
+    np.testing.assert_allclose(label.numpy()[0, 0], [[0, 3, 0, 0.0, 0.2, 0.3, 0.6, 0],
+                                                     [0, 3, 1, 0.1, 0.2, 0.4, 0.7, 1]], atol=1e-6)
+    lay = layer(db, batch=1)
+    _, label = lay.forward()                      # record 0 alone: no box at all
+    assert label.shape == (1, 1, 1, 8) and np.all(label.numpy() == -1)
+
+
+def test_mean_value_and_mirror_reach_the_data_top(db):
+    lay = layer(db, batch=1, transform="mean_value: 5 mean_value: 6 mean_value: 7 scale: 2")
+    lay.seek(3)
+    data, _ = lay.forward()
+    np.testing.assert_allclose(data[0, :, 0, 0].numpy(), [(30 - 5) * 2, (30 - 6) * 2, (30 - 7) * 2])
+
+
+def test_round_robin_shards_across_ranks(db):
+    shards = []
+    for rank in range(2):
+        lay = layer(db)
+        lay.configure(rank=rank, world=2, workers=0)
+        shards.append([record_ids(lay.forward()[0]) for _ in range(2)])
+    assert shards == [[[0, 2], [4, 1]], [[1, 3], [0, 2]]]
+    test_layer = layer(db, phase=TEST)
+    test_layer.configure(rank=1, world=2, workers=0)       # the TEST phase reads the whole set
+    assert record_ids(test_layer.forward()[0]) == [0, 1]
+
+
+AUGMENT = ('mirror: true distort_param { brightness_prob: 0.5 brightness_delta: 32 } '
+           'expand_param { prob: 0.5 max_expand_ratio: 2 } emit_constraint { emit_type: CENTER }')
+SAMPLER = ('batch_sampler { sampler { min_scale: 0.3 max_scale: 1 min_aspect_ratio: 0.5 max_aspect_ratio: 2 } '
+           'sample_constraint { min_jaccard_overlap: 0.1 } max_sample: 1 max_trials: 50 }')
+
+
+def test_stream_is_independent_of_workers_and_resumes_at_a_position(db):
+    def run(workers, start=0, n=4, seed=7):
+        lay = layer(db, transform=AUGMENT, samplers=SAMPLER)
+        lay.configure(seed=seed, workers=workers)
+        lay.seek(start)
+        out = [lay.forward() for _ in range(n)]
+        lay.close()
+        return out
+
+    serial = run(0)
+    parallel = run(2)
+    resumed = run(0, start=4, n=2)
+    for (d1, l1), (d2, l2) in zip(serial, parallel):
+        assert np.array_equal(d1.numpy(), d2.numpy()) and np.array_equal(l1.numpy(), l2.numpy())
+    for (d1, l1), (d2, l2) in zip(serial[2:], resumed):
+        assert np.array_equal(d1.numpy(), d2.numpy()) and np.array_equal(l1.numpy(), l2.numpy())
+    other = run(0, seed=8)
+    assert any(not np.array_equal(a[0].numpy(), b[0].numpy()) for a, b in zip(serial, other))
+
+
+def test_missing_source_and_bad_backend_are_clear_errors(tmp_path, db):
+    with pytest.raises(ScratchDetError, match="no_such_lmdb"):
+        layer(tmp_path / "no_such_lmdb")
+    lp = io.parse_text(f'name: "d" type: "AnnotatedData" top: "data" data_param {{ source: "{db}" batch_size: 1 }}',
+                       pb.LayerParameter)
+    with pytest.raises(ScratchDetError, match="backend must be LMDB"):
+        AnnotatedDataLayer(lp, TRAIN, [], [(1, 3, H, W)])
