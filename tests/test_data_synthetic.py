@@ -30,6 +30,12 @@ def test_same_seed_same_bytes_and_images_independent_of_count(tmp_path):
     synthetic.generate(tmp_path / "b", images=10, seed=3, quiet=True)
     a, b = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b")
     assert a == b and len([k for k in a if k.endswith(".jpg")]) == 10
+    # worker processes render the same bytes (the pool is used from 50 images on)
+    synthetic.generate(tmp_path / "p1", images=50, seed=3, quiet=True, jobs=1)
+    synthetic.generate(tmp_path / "p2", images=50, seed=3, quiet=True, jobs=2)
+    p1 = tree_bytes(tmp_path / "p1")
+    assert p1 == tree_bytes(tmp_path / "p2")
+    assert all(p1[k] == a[k] for k in a if k.startswith("SYNTH/JPEG"))
     synthetic.generate(tmp_path / "c", images=5, seed=3, quiet=True)
     c = tree_bytes(tmp_path / "c")
     for i in range(5):

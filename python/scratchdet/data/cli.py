@@ -195,7 +195,7 @@ def _synthetic(args) -> int:
     from . import labelmap as lm
     from . import synthetic, voc
     from .convert import write_list, write_name_size
-    stats = synthetic.generate(args.out, args.images, args.seed, quiet=args.quiet)
+    stats = synthetic.generate(args.out, args.images, args.seed, quiet=args.quiet, jobs=args.jobs)
     total = max(stats["objects"], 1)
     print(f"{args.out}: {stats['images']} images ({stats['trainval']} trainval, {stats['test']} test), "
           f"{stats['objects']} objects ({stats['difficult']} difficult; "

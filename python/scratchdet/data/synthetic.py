@@ -21,8 +21,10 @@ to ``difficult``) and a ``difficult`` field.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -220,10 +222,11 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def generate(out, images: int = 600, seed: int = 0, quiet: bool = False) -> dict:
+def generate(out, images: int = 600, seed: int = 0, quiet: bool = False, jobs: int = 1) -> dict:
     """Write the data set to ``out`` (replacing an earlier synthetic set there); returns statistics.
 
     The tree is built in a temporary folder beside ``out`` and renamed into place when complete.
+    ``jobs`` worker processes render images; the bytes do not depend on it.
     """
     if images < 2:
         raise ScratchDetError(f"--images {images}: need at least 2 (one trainval and one test image)")
@@ -233,7 +236,7 @@ def generate(out, images: int = 600, seed: int = 0, quiet: bool = False) -> dict
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        stats = _generate_into(tmp, images, seed, quiet)
+        stats = _generate_into(tmp, images, seed, quiet, jobs)
         make_public(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
@@ -248,7 +251,24 @@ def generate(out, images: int = 600, seed: int = 0, quiet: bool = False) -> dict
     return stats
 
 
-def _generate_into(root: Path, n_images: int, seed: int, quiet: bool) -> dict:
+def render_files(seed: int, index: int) -> tuple[bytes, int, int, list[SynthObject]]:
+    """Image ``index`` as JPEG bytes, with its height, width and objects."""
+    img, objects = render(seed, index)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    return buf.tobytes(), img.shape[0], img.shape[1], objects
+
+
+def _rendered(seed: int, n_images: int, jobs: int):
+    if jobs <= 1 or n_images < 50:
+        for index in range(n_images):
+            yield render_files(seed, index)
+        return
+    ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else multiprocessing.get_context()
+    with ctx.Pool(jobs) as pool:
+        yield from pool.imap(functools.partial(render_files, seed), range(n_images), chunksize=8)
+
+
+def _generate_into(root: Path, n_images: int, seed: int, quiet: bool, jobs: int = 1) -> dict:
     base = root / FOLDER
     split_ids = {"trainval": [], "test": []}
     coco = {s: {"info": {"description": f"scratchdet synthetic shapes, seed {seed}"},
@@ -258,14 +278,13 @@ def _generate_into(root: Path, n_images: int, seed: int, quiet: bool) -> dict:
     stats = {"images": n_images, "objects": 0, "difficult": 0, "small": 0, "medium": 0, "large": 0,
              "per_class": {n: 0 for n in CLASSES}}
     ann_id = 1
-    for index in tqdm(range(n_images), desc="synthetic", unit="img", disable=True if quiet else None):
-        img, objects = render(seed, index)
-        h, w = img.shape[:2]
+    rendered = tqdm(_rendered(seed, n_images, jobs), total=n_images, desc="synthetic", unit="img",
+                    disable=True if quiet else None)
+    for index, (jpeg, h, w, objects) in enumerate(rendered):
         iid = image_id(index)
         split = "test" if is_test(index) else "trainval"
         split_ids[split].append(iid)
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        _write(base / "JPEGImages" / f"{iid}.jpg", buf.tobytes())
+        _write(base / "JPEGImages" / f"{iid}.jpg", jpeg)
         _write(base / "Annotations" / f"{iid}.xml", voc_xml(iid, w, h, objects).encode())
         coco[split]["images"].append({"id": index, "file_name": f"{iid}.jpg", "width": w, "height": h})
         for o in objects:
