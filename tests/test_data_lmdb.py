@@ -221,7 +221,10 @@ def test_failed_or_interrupted_conversion_leaves_nothing_and_keeps_old_db(tmp_pa
 
 def test_parallel_conversion_writes_identical_database(tmp_path):
     entries = make_voc(tmp_path / "devkit")
-    cv.convert(entries, tmp_path / "one", LABELS, quiet=True, jobs=1)
-    cv.convert(entries, tmp_path / "two", LABELS, quiet=True, jobs=2)
+    missing = cv.Entry("VOC2007/JPEGImages/nope.jpg", str(tmp_path / "nope.jpg"), None, "xml", "nope")
+    entries = entries + [missing, entries[0]]          # a skip in a worker and a duplicate
+    one = cv.convert(entries, tmp_path / "one", LABELS, quiet=True, jobs=1)
+    two = cv.convert(entries, tmp_path / "two", LABELS, quiet=True, jobs=2)
+    assert one.skipped == two.skipped == {"missing image": 1, "duplicate": 1}
     a, b = AnnotatedLMDB(tmp_path / "one"), AnnotatedLMDB(tmp_path / "two")
-    assert list(a.iter_raw()) == list(b.iter_raw())
+    assert len(a) == 3 and list(a.iter_raw()) == list(b.iter_raw())

@@ -26,6 +26,9 @@ class BadRecord(Exception):
         self.kind = kind
         self.message = message
 
+    def __reduce__(self):  # travels between worker processes
+        return BadRecord, (self.kind, self.message)
+
 
 @dataclass
 class Issue:
