@@ -205,10 +205,10 @@ def _synthetic(args) -> int:
     labelmap = lm.make(synthetic.CLASSES)
     _warn_if_labelmap_differs(labelmap)
     name_to_label = lm.name_to_label(labelmap, check_label=True)
+    args.strict = True        # our own data: any problem is a bug, not bad input
     for split, db_name in (("trainval", "synthetic_trainval_lmdb"), ("test", "synthetic_test_lmdb")):
         entries = voc.entries_for(args.out, [("", split)], folder_of=lambda _y: synthetic.FOLDER)
         write_list(entries, Path(args.out) / f"{split}.txt", args.out)
-        args.strict = True    # our own data: any problem is a bug, not bad input
         summary = _run(entries, Path(args.lmdb) / db_name, name_to_label, args)
         if split == "test":
             write_name_size(summary.sizes, args.name_size)
