@@ -1,0 +1,26 @@
+"""``scratchdet test``: the TEST phase of a net with trained weights, scored as the solver scores it
+(mAP from DetectionEvaluate rows), printed as ``<output> = <value>`` and logged in Caffe's format."""
+from __future__ import annotations
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="test.prototxt (with its AnnotatedData and DetectionEvaluate layers)")
+    p.add_argument("--weights", required=True, help="caffemodel(s), comma-separated; copied by layer name")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="forward passes (default: one pass over the test LMDB)")
+    p.add_argument("--gpu", default=None, help="a device id or cpu (default: GPU 0 if present)")
+    p.add_argument("--ap-version", default="11point", choices=["11point", "MaxIntegral", "Integral"],
+                   help="AP as the solver's ap_version (default 11point, VOC2007)")
+    p.add_argument("--eval-type", default="detection", choices=["detection", "classification"])
+    p.add_argument("--per-class", action="store_true", help="also log the AP of every class")
+    p.add_argument("--backend", choices=["torch", "caffe"], default="torch")
+    p.add_argument("--train-model", default=None,
+                   help="caffe backend only: the train net Caffe's solver needs (default: train.prototxt beside --model)")
+    p.add_argument("--log", default=None, help="also append the log lines to this file")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes")
+    p.add_argument("--quiet", action="store_true", help="no log lines on stderr")
+
+
+def main(args) -> int:
+    from ..backends import get
+    return get(args.backend).test(args)

@@ -1,0 +1,527 @@
+"""Caffe's training loop (``Solver::Solve`` / ``Step``, caffe-ssd-spec §5.1) on the torch engine.
+
+Per iteration: clear diffs; test every ``test_interval`` (before the update; at 0 only with
+``test_initialization``); ``iter_size`` forward/backward passes; the smoothed loss over
+``average_loss`` values; the display lines; the SGD update; the iteration count; a snapshot every
+``snapshot`` iterations. After the loop: the final snapshot, a last loss line and a last test as
+Caffe has them, then ``Optimization Done.``
+
+Test passes aggregate the DetectionEvaluate rows of every test-net output into mAP exactly as
+``Solver::TestDetection`` does (spec §2.6). Besides Caffe's lines, the log gets the gradient L2
+norm and the speed at every display, and a non-finite loss stops the run (recorded as NAN).
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from google.protobuf import text_format
+
+from ..caffe import io
+from ..caffe.netstate import TEST, TRAIN
+from ..caffe.schema import pb
+from ..errors import ScratchDetError
+from . import glog
+from .distributed import Dist, broadcast_from_root, reduce_gradients
+from .solver import SGD, LearningRate, check_solver
+
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class TrainResult:
+    status: str                          # "done" | "diverged" | "interrupted"
+    iter: int
+    loss: float = float("nan")
+    tests: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    snapshots: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return {"done": 0, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}[self.status]
+
+    @property
+    def last_map(self) -> float | None:
+        for _it, outputs in reversed(self.tests):
+            if outputs:
+                return next(iter(outputs.values()))
+        return None
+
+
+# -- nets from the solver ---------------------------------------------------------------------------
+
+def _read_net_file(path: str, what: str):
+    if not Path(path).is_file():
+        raise ScratchDetError(f"solver: {what} {path!r} does not exist (paths are relative to the "
+                              f"directory training runs from, as in Caffe)")
+    return io.read_net(path)
+
+
+def train_net_param(sp) -> tuple[object, str]:
+    """The train net's NetParameter and a name for messages (Solver::InitTrainNet)."""
+    given = [f for f in ("train_net", "train_net_param", "net", "net_param") if sp.HasField(f)]
+    if len(given) != 1:
+        raise ScratchDetError("solver: give exactly one of train_net, train_net_param, net, net_param "
+                              f"(got {', '.join(given) or 'none'})")
+    f = given[0]
+    if f in ("train_net", "net"):
+        path = getattr(sp, f)
+        return _read_net_file(path, f), path
+    return getattr(sp, f), f
+
+
+def test_net_params(sp) -> list[tuple[object, str]]:
+    """Solver::InitTestNets: test_net_param, then test_net files, then instances of the generic
+    net for the remaining ``test_iter`` entries."""
+    nets = [(p, f"test_net_param[{i}]") for i, p in enumerate(sp.test_net_param)]
+    nets += [(_read_net_file(path, "test_net"), path) for path in sp.test_net]
+    generic = len(sp.test_iter) - len(nets)
+    if generic > 0:
+        if sp.HasField("net"):
+            nets += [(_read_net_file(sp.net, "net"), sp.net)] * generic
+        elif sp.HasField("net_param"):
+            nets += [(sp.net_param, "net_param")] * generic
+        else:
+            raise ScratchDetError(f"solver: {len(sp.test_iter)} test_iter values but {len(nets)} test nets")
+    elif generic < 0:
+        raise ScratchDetError(f"solver: {len(nets)} test nets need as many test_iter values (got {len(sp.test_iter)})")
+    return nets
+
+
+def _state(states, i):
+    return states[i] if i < len(states) else pb.NetState()
+
+
+def build_net(net_param, phase: int, state, source: str, seed: int):
+    from .net import Net
+    return Net(net_param, phase, level=state.level, stages=tuple(state.stage), source=source, seed=seed)
+
+
+def data_layers(net):
+    from .layers.annotated_data import AnnotatedDataLayer
+    return [layer for layer in net.layers if isinstance(layer, AnnotatedDataLayer)]
+
+
+def images_per_forward(net) -> int:
+    layers = data_layers(net)
+    return layers[0].batch_size if layers else 1
+
+
+@torch.no_grad()
+def share_trained_layers(src, dst) -> None:
+    """Net::ShareTrainedLayersWith: the test net takes the train net's blobs for every layer with
+    the same name (values copied before each test pass)."""
+    by_name = {layer.name: layer for layer in src.layers}
+    for layer in dst.layers:
+        other = by_name.get(layer.name)
+        if other is None:
+            continue
+        theirs, ours = other.blobs(), layer.blobs()
+        if len(theirs) != len(ours):
+            raise ScratchDetError(f"layer {layer.name!r}: {len(ours)} blobs in the test net, {len(theirs)} in the train net")
+        for k, (a, b) in enumerate(zip(theirs, ours)):
+            if a.shape != b.shape:
+                raise ScratchDetError(f"layer {layer.name!r} blob {k}: shape {tuple(b.shape)} in the test net, "
+                                      f"{tuple(a.shape)} in the train net")
+            b.data.copy_(a.data)
+
+
+# -- test passes --------------------------------------------------------------------------------------
+
+def detection_map(rows_per_pass: list[np.ndarray], ap_version: str, log=None, show_per_class: bool = False) -> float:
+    """Solver::TestDetection for one output blob: ``rows_per_pass`` are the [K, 5] DetectionEvaluate
+    rows (image_id, label, score, tp, fp) of each forward pass."""
+    from ..eval.ap import average_precision
+    num_pos: dict[int, int] = {}
+    true_pos: dict[int, list] = defaultdict(list)
+    false_pos: dict[int, list] = defaultdict(list)
+    for rows in rows_per_pass:
+        for item, label, score, tp, fp in np.asarray(rows, np.float64).reshape(-1, 5):
+            label = int(label)
+            if int(item) == -1:
+                num_pos[label] = num_pos.get(label, 0) + int(score)
+                continue
+            tp, fp = int(tp), int(fp)
+            if tp == 0 and fp == 0:      # matched a difficult ground truth that is not evaluated
+                continue
+            true_pos[label].append((float(score), tp))
+            false_pos[label].append((float(score), fp))
+    if not num_pos:
+        return 0.0
+    total = 0.0
+    for label in sorted(num_pos):
+        if label not in true_pos:
+            if log:
+                log("W", glog.MISSING_TP, f"Missing true_pos for label: {label}")
+            continue
+        ap = average_precision(true_pos[label], false_pos[label], num_pos[label], ap_version)
+        total += ap
+        if show_per_class and log:
+            log("I", glog.TEST_OUTPUT, f"class{label}: {glog.num(ap)}")
+    return total / len(num_pos)
+
+
+@torch.no_grad()
+def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str = "11point",
+             log=None, show_per_class: bool = False, compute_loss: bool = False,
+             progress: bool = False) -> dict[str, float]:
+    """Run ``net`` (TEST phase) ``iterations`` times from the start of its data and score it:
+    mAP per width-5 output (eval_type "detection") or the mean of every output element
+    ("classification", as Solver::Test). Returns {output name: value} in output order."""
+    for layer in data_layers(net):
+        layer.seek(0)
+    outputs = list(net.output_names)
+    collected: dict[str, list] = {name: [] for name in outputs}
+    loss_total = 0.0
+    steps = range(iterations)
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(steps, desc="test", unit="batch", leave=False)
+    for _ in steps:
+        blobs = net.forward()
+        if compute_loss:
+            loss_total += float(net.total_loss(blobs))
+        for name in outputs:
+            collected[name].append(blobs[name].detach().float().cpu().numpy())
+    for layer in data_layers(net):
+        layer.close()
+    results: dict[str, float] = {}
+    if eval_type == "detection":
+        for name in outputs:
+            first = collected[name][0] if collected[name] else np.zeros((0, 5))
+            if first.shape[-1] != 5:
+                raise ScratchDetError(f"test net output {name!r} has width {first.shape[-1]}; eval_type "
+                                      f"'detection' needs DetectionEvaluate outputs of width 5")
+            results[name] = detection_map([r.reshape(-1, 5) for r in collected[name]], ap_version, log, show_per_class)
+    else:
+        for name in outputs:
+            arrays = [r.reshape(-1) for r in collected[name]]
+            mean = np.mean(np.stack(arrays), axis=0) if arrays else np.zeros(0)
+            for k, v in enumerate(mean):
+                results[name if mean.size == 1 else f"{name}[{k}]"] = float(v)
+    if compute_loss and log:
+        log("I", glog.TEST_OUTPUT, f"Test loss: {glog.num(loss_total / max(iterations, 1))}")
+    return results
+
+
+# -- the solver ---------------------------------------------------------------------------------------
+
+class Trainer:
+    """One ``caffe train`` run: the solver file, optional weights or solverstate to start from."""
+
+    def __init__(self, solver_path, *, weights: str | None = None, snapshot: str | None = None,
+                 log_path=None, max_iter: int | None = None, seed: int | None = None,
+                 device: str = "cpu", dist: Dist | None = None, iter_size_factor: int = 1,
+                 workers: int | None = None, sigint_effect: str = "snapshot", quiet: bool = False,
+                 notes: tuple[str, ...] = ()):
+        self.solver_path = str(solver_path)
+        sp = io.read_solver(solver_path)
+        if max_iter is not None:
+            sp.max_iter = max_iter
+        if iter_size_factor > 1:
+            sp.iter_size = sp.iter_size * iter_size_factor
+        check_solver(sp, self.solver_path)
+        if weights and snapshot:
+            raise ScratchDetError("give either --weights or --snapshot, not both (as caffe train)")
+        self.sp = sp
+        self.dist = dist or Dist(0, 1, device)
+        self.device = torch.device(self.dist.device)
+        self.sigint_effect = sigint_effect
+        if seed is None:
+            seed = int(sp.random_seed) if sp.random_seed >= 0 else int.from_bytes(os.urandom(4), "little")
+        self.seed = seed
+
+        if log_path is None and sp.snapshot_prefix:
+            log_path = Path(sp.snapshot_prefix).parent / "train.log"
+        if self.dist.is_root:
+            self.log = glog.Logger(log_path, quiet=quiet, append=bool(snapshot))
+        else:
+            self.log = glog.NullLogger()
+        self.log.info(glog.SOLVER, "Initializing solver from parameters: \n" + text_format.MessageToString(sp).rstrip())
+        for note in notes:
+            self.log.info(glog.OURS, note)
+        self.log.info(glog.OURS, f"Random seed: {seed}; device: {self.dist.device}"
+                      + (f"; rank {self.dist.rank} of {self.dist.world}" if self.dist.active else ""))
+        torch.manual_seed(seed)
+
+        param, source = train_net_param(sp)
+        self.log.info(glog.SOLVER, f"Creating training net from {source}")
+        self.net = build_net(param, TRAIN, sp.train_state, source, seed)
+        self.test_nets = []
+        if self.dist.is_root:
+            for i, (tparam, tsource) in enumerate(test_net_params(sp)):
+                self.log.info(glog.SOLVER, f"Creating test net (#{i}) specified by {tsource}")
+                self.test_nets.append(build_net(tparam, TEST, _state(sp.test_state, i), tsource, seed))
+        for net in [self.net] + self.test_nets:
+            net.to(self.device)
+            for layer in data_layers(net):
+                layer.device = self.device
+                layer.configure(seed=seed, rank=self.dist.rank, world=self.dist.world, workers=workers)
+
+        self.sgd = SGD(self.net.params(), sp)
+        self.lr = LearningRate(sp)
+        self.iter = 0
+        if weights:
+            self._copy_weights(weights)
+        if snapshot:
+            self._restore(snapshot)
+        if self.dist.active:
+            broadcast_from_root([p.tensor for p in self.sgd.params])
+        self.batch = images_per_forward(self.net)
+        self._losses: list[float] = []
+        self._smoothed = 0.0
+        self._stop_request: str | None = None
+        self._hup_request = False
+
+    # -- starting points --------------------------------------------------------------------------
+    def _copy_weights(self, weights: str) -> None:
+        from .caffemodel import load_caffemodel
+        for path in [w for w in weights.split(",") if w]:
+            self.log.info(glog.CAFFE_TOOL, f"Finetuning from {path}")
+            for net in [self.net] + self.test_nets:
+                load_caffemodel(net, path)
+
+    def _restore(self, path: str) -> None:
+        from .caffemodel import load_caffemodel, read_solverstate
+        self.log.info(glog.RESTORE, f"SGDSolver: restoring history from {path}")
+        state = read_solverstate(path)
+        learned = state.learned_net
+        if learned and not Path(learned).is_file() and (Path(path).parent / Path(learned).name).is_file():
+            learned = str(Path(path).parent / Path(learned).name)   # moved together with its solverstate
+        if not learned or not Path(learned).is_file():
+            raise ScratchDetError(f"{path}: its weights file {state.learned_net!r} (learned_net) does not exist")
+        load_caffemodel(self.net, learned)
+        self.sgd.restore(state, self.lr, path)
+        self.iter = int(state.iter)
+        for layer in data_layers(self.net):
+            layer.seek(self.iter * self.sp.iter_size * layer.batch_size)
+
+    # -- snapshots ----------------------------------------------------------------------------------
+    def snapshot(self) -> str | None:
+        if not self.dist.is_root:
+            return None
+        from .caffemodel import save_caffemodel, write_solverstate
+        prefix = self.sp.snapshot_prefix
+        if not prefix:
+            self.log.warning(glog.SNAPSHOT_MODEL, "No snapshot_prefix: snapshot skipped")
+            return None
+        model = f"{prefix}_iter_{self.iter}.caffemodel"
+        state = f"{prefix}_iter_{self.iter}.solverstate"
+        Path(model).parent.mkdir(parents=True, exist_ok=True)
+        self.log.info(glog.SNAPSHOT_MODEL, f"Snapshotting to binary proto file {model}")
+        save_caffemodel(self.net, model)
+        self.log.info(glog.SNAPSHOT_STATE, f"Snapshotting solver state to binary proto file {state}")
+        write_solverstate(state, self.sgd.state_proto(self.iter, model, self.lr))
+        return model
+
+    # -- test ----------------------------------------------------------------------------------------
+    def test_all(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        if not self.dist.is_root:
+            return results
+        for j, net in enumerate(self.test_nets):
+            self.log.info(glog.TESTING, f"Iteration {self.iter}, Testing net (#{j})")
+            share_trained_layers(self.net, net)
+            out = run_test(net, self.sp.test_iter[j], self.sp.eval_type, self.sp.ap_version,
+                           log=self.log.log, show_per_class=self.sp.show_per_class_result,
+                           compute_loss=self.sp.test_compute_loss)
+            for k, (name, value) in enumerate(out.items()):
+                self.log.info(glog.TEST_OUTPUT, f"    Test net output #{k}: {name} = {glog.num(value)}")
+                results[name if len(self.test_nets) == 1 else f"{name}#{j}"] = value
+        return results
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _update_smoothed(self, loss: float, start_iter: int) -> None:
+        n = self.sp.average_loss
+        if len(self._losses) < n:
+            self._losses.append(loss)
+            size = len(self._losses)
+            self._smoothed = (self._smoothed * (size - 1) + loss) / size
+        else:
+            idx = (self.iter - start_iter) % n
+            self._smoothed += (loss - self._losses[idx]) / n
+            self._losses[idx] = loss
+
+    def _display(self, blobs, elapsed: float, iters: int) -> None:
+        log = self.log
+        log.info(glog.LOSS, f"Iteration {self.iter}, loss = {glog.num(self._smoothed)}")
+        weights = {name: w for name, w, _t in self.net.loss_outputs(blobs)}
+        k = 0
+        for name in self.net.output_names:
+            values = blobs[name].detach().float().reshape(-1).cpu().tolist()
+            w = weights.get(name, 0.0)
+            for v in values:
+                extra = f" (* {glog.num(w)} = {glog.num(w * v)} loss)" if w else ""
+                log.info(glog.TRAIN_OUTPUT, f"    Train net output #{k}: {name} = {glog.num(v)}{extra}")
+                k += 1
+        log.info(glog.OURS, f"Iteration {self.iter}, gradient L2 norm = {glog.num(self._grad_norm)}")
+        if iters > 0 and elapsed > 0:
+            its = iters / elapsed
+            imgs = its * self.batch * self.sp.iter_size * self.dist.world
+            left = max(self.sp.max_iter - self.iter, 0) / its
+            eta = f"{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
+            log.info(glog.OURS, f"Iteration {self.iter}, speed = {its:.3g} iter/s, {imgs:.3g} images/s, ETA {eta}")
+
+    def _install_signals(self):
+        if threading_main() is False:
+            return None
+
+        def on_int(signum, frame):
+            if self._stop_request is not None:   # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._stop_request = self.sigint_effect
+
+        def on_hup(signum, frame):
+            self._hup_request = True
+
+        old = {signal.SIGINT: signal.signal(signal.SIGINT, on_int)}
+        if hasattr(signal, "SIGHUP"):
+            old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+        return old
+
+    def solve(self) -> TrainResult:
+        sp = self.sp
+        log = self.log
+        result = TrainResult("done", self.iter)
+        log.info(glog.SOLVER, f"Solving {self.net_name()}")
+        log.info(glog.SOLVER, f"Learning Rate Policy: {sp.lr_policy}")
+        old_handlers = self._install_signals()
+        start_iter = self.iter
+        stop_iter = sp.max_iter
+        self._losses, self._smoothed = [], 0.0
+        last_snap = None
+        tick, tick_iter = time.perf_counter(), self.iter
+        try:
+            while self.iter < stop_iter:
+                self.sgd.zero_diffs()
+                if sp.test_interval > 0 and self.iter % sp.test_interval == 0 and (self.iter > 0 or sp.test_initialization):
+                    result.tests.append((self.iter, self.test_all()))
+                    tick, tick_iter = time.perf_counter(), self.iter    # the test's time is not training speed
+                loss = 0.0
+                blobs = None
+                for _ in range(sp.iter_size):
+                    blobs = self.net.forward()
+                    total = self.net.total_loss(blobs)
+                    total.backward()
+                    loss += float(total.detach())
+                loss /= sp.iter_size
+                stop_flag = 1.0 if self._stop_request is not None else 0.0
+                if self.dist.active:
+                    bad, stop_all = reduce_gradients([p.tensor for p in self.sgd.params if p.learnable],
+                                                     [0.0 if math.isfinite(loss) else 1.0, stop_flag], self.dist.world)
+                    diverged = bad > 0
+                    if stop_all > 0 and self._stop_request is None:
+                        self._stop_request = self.sigint_effect
+                else:
+                    diverged = not math.isfinite(loss)
+                self._update_smoothed(loss, start_iter)
+                result.loss = loss
+                if diverged:
+                    log.error(glog.OURS, f"Training diverged at iteration {self.iter}: loss = {glog.num(loss if not math.isfinite(loss) else float('nan'))}")
+                    result.status = "diverged"
+                    break
+                self._grad_norm = self.sgd.grad_norm() / sp.iter_size
+                if sp.display and self.iter % sp.display == 0:
+                    now = time.perf_counter()
+                    self._display(blobs, now - tick, self.iter - tick_iter)
+                    tick, tick_iter = now, self.iter
+                rate = self.lr.rate(self.iter, self._smoothed, log=lambda m: log.info(glog.MULTISTEP, m))
+                if sp.display and self.iter % sp.display == 0:
+                    log.info(glog.LR, f"Iteration {self.iter}, lr = {glog.num(rate)}")
+                info = self.sgd.apply_update(rate)
+                for m in info.messages:
+                    log.info(glog.CLIP, m)
+                if self.dist.active:
+                    broadcast_from_root([p.tensor for p in self.sgd.params if not p.learnable])
+                self.iter += 1
+                result.iter = self.iter
+                snap_now = (sp.snapshot and self.iter % sp.snapshot == 0) or self._hup_request
+                self._hup_request = False
+                if snap_now:
+                    last_snap = self.snapshot()
+                    result.snapshots.append(last_snap)
+                if self._stop_request is not None:
+                    if self._stop_request == "snapshot" and not snap_now:
+                        result.snapshots.append(self.snapshot())
+                    if self._stop_request != "none":
+                        log.info(glog.SOLVER, f"Interrupted at iteration {self.iter}: stopping")
+                        result.status = "interrupted"
+                        break
+                    self._stop_request = None
+            if result.status == "done":
+                if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot != 0):
+                    result.snapshots.append(self.snapshot())
+                if sp.display and self.iter % sp.display == 0 and self.dist.is_root and stop_iter > start_iter:
+                    with torch.no_grad():
+                        blobs = self.net.forward()
+                        loss = float(self.net.total_loss(blobs))
+                    self._update_smoothed(loss, start_iter)
+                    log.info(glog.LOSS, f"Iteration {self.iter}, loss = {glog.num(self._smoothed)}")
+                if sp.test_interval and self.iter % sp.test_interval == 0:
+                    result.tests.append((self.iter, self.test_all()))
+                log.info(glog.DONE, "Optimization Done.")
+        finally:
+            if old_handlers:
+                for sig, handler in old_handlers.items():
+                    signal.signal(sig, handler)
+            for net in [self.net] + self.test_nets:
+                for layer in data_layers(net):
+                    layer.close()
+        result.snapshots = [s for s in result.snapshots if s]
+        return result
+
+    def net_name(self) -> str:
+        name = getattr(self.net, "name", "") or ""
+        return name if isinstance(name, str) else ""
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+# -- `scratchdet test`: one scoring pass of a test net -------------------------------------------------
+
+def one_pass_iterations(net) -> int:
+    """Forward passes that read every record of the test net's data once."""
+    layers = data_layers(net)
+    if not layers:
+        raise ScratchDetError("the test net has no AnnotatedData layer; give --iterations")
+    layer = layers[0]
+    return max(1, math.ceil(len(layer.db) / layer.batch_size))
+
+
+def score(model: str, weights: str | None, iterations: int | None = None, *, device: str = "cpu",
+          eval_type: str = "detection", ap_version: str = "11point", log=None, workers: int | None = None,
+          seed: int = 0, level: int = 0, stages: tuple[str, ...] = (), show_per_class: bool = False,
+          progress: bool = True) -> dict[str, float]:
+    """The TEST phase of ``model`` with ``weights`` (comma-separated caffemodels, copied by layer
+    name), scored as the solver scores it. ``iterations`` defaults to one pass over the data."""
+    from .caffemodel import load_caffemodel
+    from .net import Net
+    net = Net(io.read_net(model), TEST, level=level, stages=stages, source=model, seed=seed)
+    for path in [w for w in (weights or "").split(",") if w]:
+        load_caffemodel(net, path)
+    net.to(torch.device(device))
+    for layer in data_layers(net):
+        layer.device = torch.device(device)
+        layer.configure(seed=seed, workers=workers)
+    n = iterations if iterations is not None else one_pass_iterations(net)
+    if log:
+        log("I", glog.TESTING, f"Iteration 0, Testing net (#0)")
+    out = run_test(net, n, eval_type, ap_version, log=log, show_per_class=show_per_class, progress=progress)
+    if log:
+        for k, (name, value) in enumerate(out.items()):
+            log("I", glog.TEST_OUTPUT, f"    Test net output #{k}: {name} = {glog.num(value)}")
+    return out
