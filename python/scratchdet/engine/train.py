@@ -96,6 +96,16 @@ def test_net_params(sp) -> list[tuple[object, str]]:
     return nets
 
 
+def _probe_writable(folder: Path, what: str) -> None:
+    """Caffe checks at start-up that snapshots can be written; so do we, before any training."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScratchDetError(f"solver: {what} folder {folder} cannot be created ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise ScratchDetError(f"solver: {what} folder {folder} is not writable")
+
+
 def _state(states, i):
     return states[i] if i < len(states) else pb.NetState()
 
@@ -239,6 +249,8 @@ class Trainer:
             seed = int(sp.random_seed) if sp.random_seed >= 0 else int.from_bytes(os.urandom(4), "little")
         self.seed = seed
 
+        if self.dist.is_root and sp.snapshot_prefix and (sp.snapshot > 0 or sp.snapshot_after_train):
+            _probe_writable(Path(sp.snapshot_prefix).parent, "snapshot_prefix")
         if log_path is None and sp.snapshot_prefix:
             log_path = Path(sp.snapshot_prefix).parent / "train.log"
         if self.dist.is_root:
