@@ -1,0 +1,243 @@
+"""The log parser on the SSD fork's real log lines (caffe-ssd-spec §5.5, verbatim), on BVLC Caffe's
+loss-line format, on our engine's lines (written with the engine's own glog formatter), and on
+broken logs: truncated, garbled, out of order, empty, binary, missing."""
+import json
+import math
+
+import pytest
+from google.protobuf import text_format
+
+from scratchdet.caffe.schema import pb
+from scratchdet.engine import glog
+from scratchdet.errors import ScratchDetError
+from scratchdet.report.logparse import number, parse_log, parse_text
+
+SSD_SOLVER_BLOCK = """\
+I0608 10:40:00.000000 19222 solver.cpp:48] Initializing solver from parameters: 
+train_net: "models/VGGNet/VOC0712/SSD_300x300/train.prototxt"
+test_net: "models/VGGNet/VOC0712/SSD_300x300/test.prototxt"
+test_iter: 619
+test_interval: 10000
+base_lr: 0.001
+display: 10
+max_iter: 120000
+lr_policy: "multistep"
+gamma: 0.1
+momentum: 0.9
+weight_decay: 0.0005
+snapshot: 80000
+snapshot_prefix: "models/VGGNet/VOC0712/SSD_300x300/VGG_VOC0712_SSD_300x300"
+solver_mode: GPU
+device_id: 0
+train_state {
+  level: 0
+  stage: ""
+}
+test_initialization: false
+average_loss: 10
+stepvalue: 80000
+stepvalue: 100000
+stepvalue: 120000
+iter_size: 1
+type: "SGD"
+eval_type: "detection"
+ap_version: "11point"
+I0608 10:40:00.100000 19222 solver.cpp:81] Creating training net from train_net file: models/VGGNet/VOC0712/SSD_300x300/train.prototxt
+I0608 10:40:00.200000 19222 net.cpp:58] Initializing net from parameters: 
+name: "VGG_VOC0712_SSD_300x300_train"
+state {
+  phase: TRAIN
+}
+layer {
+  name: "data"
+  type: "AnnotatedData"
+}
+"""
+
+# the five example lines of caffe-ssd-spec §5.5, verbatim
+SSD_LINES = """\
+I0608 10:52:30.927119 19222 solver.cpp:243] Iteration 330, loss = 7.29032
+I0608 10:52:30.927280 19222 solver.cpp:259]     Train net output #0: mbox_loss = 6.79195 (* 1 = 6.79195 loss)
+I0608 10:52:30.927317 19222 sgd_solver.cpp:138] Iteration 330, lr = 0.001
+I0612 16:28:38.198149 13666 solver.cpp:421] Iteration 20000, Testing net (#0)
+I0609 03:16:09.110113 23885 solver.cpp:546]     Test net output #0: detection_eval = 0.778522
+"""
+
+
+def test_ssd_fork_log_lines():
+    rec = parse_text(SSD_SOLVER_BLOCK + SSD_LINES, "ssd.log")
+    assert rec.format == "ssd" and rec.warnings == []
+    assert rec.max_iter == 120000 and rec.solver["base_lr"] == 0.001 and rec.solver["lr_policy"] == "multistep"
+    assert rec.solver["stepvalue"] == [80000, 100000, 120000] and rec.solver["test_initialization"] is False
+    assert rec.snapshot_prefix == "models/VGGNet/VOC0712/SSD_300x300/VGG_VOC0712_SSD_300x300"
+    assert rec.net_name == "VGG_VOC0712_SSD_300x300_train"
+    [p] = rec.train
+    assert (p.iteration, p.loss, p.outputs, p.lr) == (330, 7.29032, {"mbox_loss": 6.79195}, 0.001)
+    [t] = rec.tests
+    assert (t.iteration, t.net, t.outputs) == (20000, 0, {"detection_eval": 0.778522})
+    assert rec.final_map == 0.778522 and rec.best_map == (20000, 0.778522)
+    assert rec.last_iteration == 20000 and rec.status == "running" and rec.diverged is None
+
+
+def test_bvlc_loss_line_format():
+    text = """\
+I0301 12:00:00.000001  4242 solver.cpp:218] Iteration 0 (0 iter/s, 0.25s/100 iters), loss = 2.30259
+I0301 12:00:00.000002  4242 solver.cpp:237]     Train net output #0: loss = 2.30259 (* 1 = 2.30259 loss)
+I0301 12:00:00.000003  4242 sgd_solver.cpp:105] Iteration 0, lr = 0.01
+I0301 12:00:09.000001  4242 solver.cpp:218] Iteration 100 (11.0011 iter/s, 9.09s/100 iters), loss = 0.215
+I0301 12:00:09.000002  4242 solver.cpp:237]     Train net output #0: loss = 0.215 (* 1 = 0.215 loss)
+I0301 12:00:09.000003  4242 sgd_solver.cpp:105] Iteration 100, lr = 0.00992565
+I0301 12:00:20.000001  4242 solver.cpp:330] Iteration 500, Testing net (#0)
+I0301 12:00:21.000001  4242 solver.cpp:397]     Test net output #0: accuracy = 0.9761
+I0301 12:00:21.000002  4242 solver.cpp:397]     Test net output #1: loss = 0.0744 (* 1 = 0.0744 loss)
+I0301 12:00:22.000001  4242 solver.cpp:447] Snapshotting to binary proto file examples/mnist/lenet_iter_500.caffemodel
+I0301 12:00:22.000002  4242 sgd_solver.cpp:273] Snapshotting solver state to binary proto file examples/mnist/lenet_iter_500.solverstate
+I0301 12:00:22.000003  4242 solver.cpp:315] Optimization Done.
+"""
+    rec = parse_text(text, "bvlc.log")
+    assert rec.format == "bvlc" and rec.warnings == []
+    assert [(p.iteration, p.loss, p.iter_per_s, p.lr) for p in rec.train] == [
+        (0, 2.30259, 0.0, 0.01), (100, 0.215, 11.0011, 0.00992565)]
+    assert rec.tests[0].outputs == {"accuracy": 0.9761, "loss": 0.0744}
+    assert rec.map_output() == "accuracy"        # no detection_eval: the first output
+    assert rec.snapshots == [(500, "examples/mnist/lenet_iter_500.caffemodel")]
+    assert rec.done and rec.status == "done"
+
+
+def our_log(diverge: bool) -> str:
+    """Lines as our engine writes them, through its own glog formatter and tags."""
+    sp = pb.SolverParameter(net="models/synthetic/demo/train.prototxt", base_lr=0.05, max_iter=40, display=10,
+                            lr_policy="multistep", gamma=0.1, snapshot_prefix="runs/synthetic/demo/demo",
+                            test_interval=20)
+    sp.stepvalue.extend([30])
+    sp.test_iter.extend([5])
+    lines = [glog.line("I", glog.SOLVER, "Initializing solver from parameters: \n" + text_format.MessageToString(sp).rstrip()),
+             glog.line("I", glog.SOLVER, "Solving demo_rootres_train"),
+             glog.line("I", glog.SOLVER, "Learning Rate Policy: multistep")]
+    losses = {0: 21.5, 10: 12.25, 20: 9.5, 30: 8.0}
+    for it in (0, 10, 20, 30):
+        if it == 20:
+            lines += [glog.line("I", glog.TESTING, f"Iteration {it}, Testing net (#0)"),
+                      glog.line("W", glog.MISSING_TP, "Missing true_pos for label: 3"),
+                      glog.line("I", glog.TEST_OUTPUT, "class1: 0.5"),
+                      glog.line("I", glog.TEST_OUTPUT, "class2: 0.25"),
+                      glog.line("I", glog.TEST_OUTPUT, "class3: 0"),
+                      glog.line("I", glog.TEST_OUTPUT, "Test loss: 7.5"),
+                      glog.line("I", glog.TEST_OUTPUT, f"    Test net output #0: detection_eval = {glog.num(0.25)}")]
+        if diverge and it == 30:
+            lines.append(glog.line("E", glog.OURS, f"Training diverged at iteration {it}: loss = {glog.num(float('nan'))}"))
+            break
+        lines += [glog.line("I", glog.LOSS, f"Iteration {it}, loss = {glog.num(losses[it])}"),
+                  glog.line("I", glog.TRAIN_OUTPUT, f"    Train net output #0: mbox_loss = {glog.num(losses[it])} (* 1 = {glog.num(losses[it])} loss)"),
+                  glog.line("I", glog.OURS, f"Iteration {it}, gradient L2 norm = {glog.num(100.0 / (it + 1))}"),
+                  glog.line("I", glog.OURS, f"Iteration {it}, speed = 2.5 iter/s, 80.0 images/s, ETA 0:01:{40 - it:02d}")]
+        if it == 30:
+            lines.append(glog.line("I", glog.MULTISTEP, "MultiStep Status: Iteration 30, step = 1"))
+        lines.append(glog.line("I", glog.LR, f"Iteration {it}, lr = {glog.num(0.05 if it < 30 else 0.005)}"))
+        if it == 20:
+            lines.append(glog.line("I", glog.CLIP, "Gradient clipping: scaling down gradients (L2 norm 12.5 > 10) by scale factor 0.8"))
+    if not diverge:
+        lines += [glog.line("I", glog.SNAPSHOT_MODEL, "Snapshotting to binary proto file runs/synthetic/demo/demo_iter_40.caffemodel"),
+                  glog.line("I", glog.SNAPSHOT_STATE, "Snapshotting solver state to binary proto file runs/synthetic/demo/demo_iter_40.solverstate"),
+                  glog.line("I", glog.TESTING, "Iteration 40, Testing net (#0)"),
+                  glog.line("I", glog.TEST_OUTPUT, "    Test net output #0: detection_eval = 0.3125"),
+                  glog.line("I", glog.DONE, "Optimization Done.")]
+    return "\n".join(lines) + "\n"
+
+
+def test_our_engine_lines():
+    rec = parse_text(our_log(diverge=False), "ours.log")
+    assert rec.format == "scratchdet" and rec.warnings == []
+    assert rec.max_iter == 40 and rec.solver["base_lr"] == 0.05 and rec.net_name == "demo_rootres_train"
+    assert [(p.iteration, p.loss, p.lr) for p in rec.train] == [(0, 21.5, 0.05), (10, 12.25, 0.05),
+                                                               (20, 9.5, 0.05), (30, 8.0, 0.005)]
+    assert rec.train[1].outputs == {"mbox_loss": 12.25}
+    assert rec.grad_norm == [(it, pytest.approx(100 / (it + 1), rel=1e-5)) for it in (0, 10, 20, 30)]
+    assert rec.speed[0] == (0, 2.5, 80.0, 100) and rec.speed[-1] == (30, 2.5, 80.0, 70)
+    t20, t40 = rec.tests
+    assert t20.per_class == {1: 0.5, 2: 0.25, 3: 0.0} and t20.loss == 7.5 and t20.missing_labels == [3]
+    assert rec.map_series() == [(20, 0.25), (40, 0.3125)] and rec.final_map == 0.3125 and rec.best_map == (40, 0.3125)
+    assert rec.steps == [(30, 1)] and rec.clips == [(12.5, 10.0, 0.8)]
+    assert rec.snapshots == [(40, "runs/synthetic/demo/demo_iter_40.caffemodel")]
+    assert rec.done and rec.status == "done" and rec.last_iteration == 40
+    json.dumps(rec.to_dict(), allow_nan=False)
+
+
+def test_our_divergence_line_marks_the_run_as_nan():
+    rec = parse_text(our_log(diverge=True), "ours.log")
+    assert rec.status == "diverged" and rec.diverged.iteration == 30 and rec.diverged.reported
+    assert math.isnan(rec.diverged.value) and not rec.done
+    assert rec.final_map == 0.25        # the test before the divergence is still there
+    d = rec.to_dict()
+    assert d["diverged"]["value"] == "nan"
+    json.dumps(d, allow_nan=False)
+
+
+@pytest.mark.parametrize("text,value", [("-nan", math.nan), ("nan", math.nan), ("inf", math.inf),
+                                        ("-inf", -math.inf), ("1.#QNAN", math.nan), ("1.#INF", math.inf)])
+def test_caffe_non_finite_losses_are_divergence(text, value):
+    log = ("I0608 10:52:30.927119 19222 solver.cpp:243] Iteration 10, loss = 3.5\n"
+           f"I0608 10:52:31.927119 19222 solver.cpp:243] Iteration 20, loss = {text}\n"
+           f"I0608 10:52:31.927280 19222 solver.cpp:259]     Train net output #0: mbox_loss = {text} (* 1 = {text} loss)\n"
+           "I0608 10:52:32.927119 19222 solver.cpp:243] Iteration 30, loss = nan\n")
+    rec = parse_text(log, "nan.log")
+    assert rec.status == "diverged" and rec.diverged.iteration == 20 and not rec.diverged.reported
+    got = rec.diverged.value
+    assert (math.isnan(got) and math.isnan(value)) or got == value
+    assert number("1e-05") == 1e-05 and number("-nan") != number("-nan")
+
+
+def test_truncated_and_malformed_logs_give_partial_results_and_warnings(tmp_path):
+    text = (SSD_LINES
+            + "\x00\x17garbage \xff line\n"
+            + "I0609 03:17:00.000000 23885 solver.cpp:243] Iteration 340, loss = 7.1\n"
+            + "I0609 03:17:00.000001 23885 solver.cpp:259]     Train net output #0: mbox_loss = 6.5e (* 1 = 6.5 loss)\n"
+            + "I0609 03:17:01.000000 23885 solver.cpp:546]     Test net output #0: detection_eval = 0.7\n"
+            + "I0609 03:17:02.000000 23885 sgd_solver.cpp:138] Iteration 350, lr = 0.001\n"
+            + "I0609 03:17:03.000000 23885 solver.cpp:421] Iteration 360, Testing net (#0)\n"
+            + "I0609 03:17:04.000000 23885 solver.cpp:243] Iteration 360, lo")
+    path = tmp_path / "broken.log"
+    path.write_bytes(text.encode("utf-8", errors="surrogateescape"))
+    rec = parse_log(path)
+    assert [p.iteration for p in rec.train] == [330, 340, 350]
+    assert rec.train[1].outputs == {}                       # the cut number is not read as 6.5
+    assert [t.iteration for t in rec.tests] == [20000, 340] and rec.tests[1].outputs == {"detection_eval": 0.7}
+    joined = " | ".join(rec.warnings)
+    assert "line not understood (truncated?)" in joined and "Iteration 360, lo" in joined
+    assert "test output without a 'Testing net' line" in joined
+    assert "'lr' line at iteration 350 without its loss line" in joined
+    assert "test at iteration 360 has no outputs" in joined
+    assert "last line has no line end" in joined
+    assert "mbox_loss = 6.5e" in joined
+
+
+def test_empty_binary_and_missing_files(tmp_path):
+    (tmp_path / "empty.log").write_text("")
+    rec = parse_log(tmp_path / "empty.log")
+    assert rec.status == "empty" and "the log is empty" in rec.warnings[0]
+    (tmp_path / "model.caffemodel").write_bytes(b"\x0a\x05hello\x00\x00\x01")
+    assert "binary data" in parse_log(tmp_path / "model.caffemodel").warnings[0]
+    (tmp_path / "notes.txt").write_text("hello\nworld\n")
+    assert "no Caffe training lines" in parse_log(tmp_path / "notes.txt").warnings[0]
+    with pytest.raises(ScratchDetError, match="nope.log: cannot read the log"):
+        parse_log(tmp_path / "nope.log")
+
+
+def test_resumed_log_keeps_both_parts_and_the_last_solver_block():
+    first = SSD_SOLVER_BLOCK + SSD_LINES
+    second = (SSD_SOLVER_BLOCK.replace("max_iter: 120000", "max_iter: 150000")
+              + "I0610 00:00:00.000000 5555 sgd_solver.cpp:287] SGDSolver: restoring history from "
+                "models/x_iter_20000.solverstate\n"
+              + "I0610 00:00:10.000000 5555 solver.cpp:243] Iteration 20010, loss = 3.25\n")
+    rec = parse_text(first + second, "resumed.log")
+    assert rec.max_iter == 150000 and rec.solver["stepvalue"] == [80000, 100000, 120000]
+    assert rec.resumed_from == ["models/x_iter_20000.solverstate"]
+    assert [p.iteration for p in rec.train] == [330, 20010] and rec.last_iteration == 20010
+
+
+def test_logs_without_glog_prefixes_still_parse():
+    text = ("Initializing solver from parameters:\nmax_iter: 500\nbase_lr: 0.01\n"
+            "Iteration 100, loss = 1.5\nIteration 100, lr = 0.01\n"
+            "Iteration 200, Testing net (#0)\n    Test net output #0: detection_eval = 0.5\n")
+    rec = parse_text(text, "piped.log")
+    assert rec.max_iter == 500 and [p.loss for p in rec.train] == [1.5] and rec.final_map == 0.5
