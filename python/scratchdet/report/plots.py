@@ -1,0 +1,209 @@
+"""``scratchdet plot``: training curves of several runs on shared axes, and the paper's Figure 1.
+
+Written to ``--out`` (PNG, matplotlib's Agg renderer, no display needed):
+
+* ``loss.png``     smoothed training loss (as logged) against iteration
+* ``lr.png``       learning rate against iteration (log scale)
+* ``map.png``      test mAP (percent) against iteration; the paper's value, when known, dashed
+* ``figure1.png``  the paper's Figure 1 panels: (a) training loss, (b) L2 norm of the gradient,
+  (c) fluctuation of that norm
+
+The gradient norm is the one our engine logs every display interval (``Iteration N, gradient L2
+norm = v``: all learnable diffs, before clipping); Caffe's own logs do not have it, so panels (b)
+and (c) say so for such runs. The paper does not define its "fluctuation (smoothed)"; here it is
+the absolute change of the norm between consecutive display points, |g_k - g_(k-1)|, averaged over
+a trailing window of ``--window`` display points (default 10): large when the gradient jumps
+around, small when it changes predictably, which is the property Figure 1 argues about.
+
+One colour per run, labelled by variant; a run that diverged ends with an ``x`` at the iteration of
+its first non-finite loss, placed at its last finite value.
+"""
+from __future__ import annotations
+
+import io
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ScratchDetError
+from .logparse import RunRecord, parse_log
+
+FLUCTUATION_WINDOW = 10
+PNG_DPI = 110
+
+
+def moving_average(values, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` values (fewer at the start); NaNs are skipped."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    finite = np.isfinite(v)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(finite, v, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(finite)])
+    hi = np.arange(1, len(v) + 1)
+    lo = np.maximum(hi - window, 0)
+    n = counts[hi] - counts[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (sums[hi] - sums[lo]) / np.maximum(n, 1), np.nan)
+
+
+def fluctuation(series: list[tuple[int, float]], window: int = FLUCTUATION_WINDOW) -> list[tuple[int, float]]:
+    """(iteration, smoothed |g_k - g_(k-1)|) from the second display point on."""
+    if len(series) < 2:
+        return []
+    its = np.asarray([i for i, _ in series])
+    g = np.asarray([v for _, v in series], np.float64)
+    change = np.abs(np.diff(g))
+    smooth = moving_average(change, window)
+    return [(int(i), float(v)) for i, v in zip(its[1:], smooth)]
+
+
+def _finite(series):
+    return [(i, v) for i, v in series if v is not None and math.isfinite(v)]
+
+
+def _draw(ax, series, rec: RunRecord, label: str, color, scale: float = 1.0, marker=None) -> bool:
+    """One run's curve (finite points), its divergence marker; True when anything was drawn."""
+    pts = _finite(series)
+    if pts:
+        x, y = zip(*pts)
+        ax.plot(x, [v * scale for v in y], color=color, label=label, linewidth=1.2, marker=marker, markersize=3)
+    if rec.diverged is not None:
+        before = [p for p in pts if p[0] <= rec.diverged.iteration] or pts
+        y = before[-1][1] * scale if before else 0.0
+        ax.plot([rec.diverged.iteration], [y], marker="x", color=color, markersize=10, markeredgewidth=2,
+                linestyle="none", label=None if pts else label)
+        return True
+    return bool(pts)
+
+
+def _label(rec: RunRecord, name: str) -> str:
+    return f"{name} (NAN at {rec.diverged.iteration})" if rec.diverged else name
+
+
+def _new_figure(ncols: int = 1, width: float = 6.4):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width * ncols if ncols > 1 else width, 4.2))
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, k + 1) for k in range(ncols)]
+    return fig, axes
+
+
+def _finish(ax, title: str, ylabel: str, drawn: bool, empty_note: str, log_y: bool = False) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        if log_y:
+            ys = [y for line in ax.get_lines() for y in np.asarray(line.get_ydata(), float) if np.isfinite(y)]
+            if ys and min(ys) > 0 and max(ys) / min(ys) > 20:   # log only where it spans decades
+                ax.set_yscale("log")
+        if any(line.get_label() and not line.get_label().startswith("_") for line in ax.get_lines()):
+            ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, empty_note, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="gray")
+
+
+def _save(fig, path: Path) -> Path:
+    from ..data.files import write_atomic
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=PNG_DPI)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def plot_runs(runs: list[tuple[str, RunRecord]], out_dir, window: int = FLUCTUATION_WINDOW,
+              paper_values: dict[str, float | None] | None = None) -> list[Path]:
+    """Write the four PNGs for ``runs`` = [(label, record)]; returns their paths."""
+    if window < 1:
+        raise ScratchDetError(f"fluctuation window {window}: must be at least 1")
+    out_dir = Path(out_dir)
+    paper_values = paper_values or {}
+    import matplotlib
+    colors = matplotlib.colormaps["tab10"].colors
+    color = {label: colors[k % len(colors)] for k, (label, _) in enumerate(runs)}
+    written = []
+
+    fig, (ax,) = _new_figure()
+    drawn = False
+    for label, rec in runs:
+        drawn |= _draw(ax, rec.loss_series(), rec, _label(rec, label), color[label])
+    _finish(ax, "Training loss", "loss (smoothed as logged)", drawn, "no loss lines in the logs")
+    written.append(_save(fig, out_dir / "loss.png"))
+
+    fig, (ax,) = _new_figure()
+    drawn = False
+    for label, rec in runs:
+        pts = _finite(rec.lr_series())
+        if pts:
+            x, y = zip(*pts)
+            ax.step(x, y, where="post", color=color[label], label=label, linewidth=1.2)
+            drawn = True
+    _finish(ax, "Learning rate", "lr", drawn, "no lr lines in the logs", log_y=True)
+    written.append(_save(fig, out_dir / "lr.png"))
+
+    fig, (ax,) = _new_figure()
+    drawn = False
+    for label, rec in runs:
+        drawn |= _draw(ax, rec.map_series(), rec, _label(rec, label), color[label], scale=100, marker="o")
+        value = paper_values.get(label)
+        if value is not None:
+            ax.axhline(value, color=color[label], linestyle="--", linewidth=0.9, label=f"{label}: paper {value:g}")
+    _finish(ax, "Test mAP", "mAP (%)", drawn, "no test outputs in the logs")
+    written.append(_save(fig, out_dir / "map.png"))
+
+    fig, axes = _new_figure(3, width=4.6)
+    panels = [("(a) Training loss", "loss", lambda r: r.loss_series(), "no loss lines"),
+              ("(b) L2 norm of gradient", "||g||", lambda r: r.grad_norm,
+               "no 'gradient L2 norm' lines\n(Caffe logs lack them; our engine writes them)"),
+              (f"(c) Fluctuation of L2 norm (smoothed)", f"mean |Δ||g||| over {window} displays",
+               lambda r: fluctuation(r.grad_norm, window), "no 'gradient L2 norm' lines")]
+    for ax, (title, ylabel, get, note) in zip(axes, panels):
+        drawn = False
+        for label, rec in runs:
+            drawn |= _draw(ax, get(rec), rec, _label(rec, label), color[label])
+        _finish(ax, title, ylabel, drawn, note, log_y=title.startswith(("(b)", "(c)")))
+    written.append(_save(fig, out_dir / "figure1.png"))
+    return written
+
+
+# -- CLI ----------------------------------------------------------------------------------------------
+
+def add_arguments(p) -> None:
+    p.add_argument("logs", nargs="+", metavar="LOG", help="training logs (Caffe SSD, BVLC Caffe or ours)")
+    p.add_argument("--out", required=True, help="folder for loss.png, lr.png, map.png, figure1.png")
+    p.add_argument("--variant", action="append", default=None,
+                   help="curve label per log, in order (default: the variant inferred as by compare)")
+    p.add_argument("--window", type=int, default=FLUCTUATION_WINDOW,
+                   help=f"display points averaged in the fluctuation panel (default {FLUCTUATION_WINDOW})")
+
+
+def main(args) -> int:
+    from . import variants
+    labels = args.variant or []
+    if labels and len(labels) != len(args.logs):
+        raise ScratchDetError(f"--variant given {len(labels)} times for {len(args.logs)} logs: give it once per log")
+    runs, paper_values = [], {}
+    for k, log in enumerate(args.logs):
+        rec = parse_log(log)
+        for w in rec.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        label = labels[k] if labels else (variants.infer_variant(log, rec) or Path(log).stem)
+        base, n = label, 2
+        while label in dict(runs):
+            label, n = f"{base} ({n})", n + 1
+        runs.append((label, rec))
+        try:
+            result = variants.paper_result(variants.paper_key_for(labels[k] if labels else label))
+        except ScratchDetError:
+            result = None
+        if result is not None and result.value is not None and result.metric.startswith("VOC"):
+            paper_values[label] = result.value
+    if not any(rec.train or rec.tests or rec.diverged for _, rec in runs):
+        raise ScratchDetError("nothing to plot: no training or test lines in " + ", ".join(args.logs))
+    for path in plot_runs(runs, args.out, args.window, paper_values):
+        print(f"wrote {path}")
+    return 0
