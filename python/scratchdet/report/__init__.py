@@ -1,1 +1,1 @@
-"""Scoring reports: log parsing, the paper\x27s tables as data, comparison and plots."""
+"""Scoring reports: log parsing, the paper's tables as data, variant identity, comparison and plots."""
