@@ -126,3 +126,15 @@ def test_cli_outputs(tmp_path, capsys):
     assert "no paper result 'table9/nothing'" in capsys.readouterr().err
     assert cli.main(["compare", str(tmp_path / "missing.log")]) == 2
     assert "cannot read the log" in capsys.readouterr().err
+
+
+def test_tests_without_map_output(tmp_path):
+    log = tmp_path / "runs/VOC0712/lossonly/train.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("\n".join([
+        glog.line("I", glog.TESTING, "Iteration 0, Testing net (#0)"),
+        glog.line("I", glog.TEST_OUTPUT, "    Test net output #0: loss = 2 (* 1 = 2 loss)"),
+        glog.line("I", glog.LOSS, "Iteration 0, loss = 2")]) + "\n")
+    c = card(log, BN_BOTH)
+    assert c.verdict == compare.NO_MAP and c.final_map is None
+    assert any("no mAP output (outputs: loss)" in n for n in c.notes)

@@ -241,3 +241,38 @@ def test_logs_without_glog_prefixes_still_parse():
             "Iteration 200, Testing net (#0)\n    Test net output #0: detection_eval = 0.5\n")
     rec = parse_text(text, "piped.log")
     assert rec.max_iter == 500 and [p.loss for p in rec.train] == [1.5] and rec.final_map == 0.5
+
+
+TINY_NET = """name: "tiny"
+layer { name: "data" type: "Input" top: "data" top: "label" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 4 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 4 bias_filler { type: "constant" value: 1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("base_lr,diverges", [(0.1, False), (300.0, True)])
+def test_a_real_engine_run_parses(tmp_path, monkeypatch, base_lr, diverges):
+    """The contract between the engine's log and this parser, on a run of the real training loop."""
+    pytest.importorskip("scratchdet.engine.net", reason="the engine's Net is not present")
+    from scratchdet import cli
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(TINY_NET)
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "net.prototxt"\ntest_iter: 1\ntest_interval: 20\nbase_lr: {base_lr}\nlr_policy: "multistep"\n'
+        'stepvalue: 30\ngamma: 0.1\ndisplay: 5\nmax_iter: 40\nmomentum: 0.9\n'
+        'snapshot_prefix: "runs/tiny/x/tiny"\neval_type: "classification"\naverage_loss: 2\nrandom_seed: 1\n')
+    rc = cli.main(["train", "--solver", "solver.prototxt", "--gpu", "cpu", "--quiet"])
+    rec = parse_log(tmp_path / "runs/tiny/x/train.log")
+    assert rec.format == "scratchdet" and rec.warnings == [] and rec.max_iter == 40
+    assert rec.solver["base_lr"] == base_lr and rec.solver["stepvalue"] == 30
+    if diverges:
+        assert rc != 0 and rec.status == "diverged" and rec.diverged.reported
+        assert rec.diverged.iteration == rec.last_iteration < 40
+    else:
+        assert rc == 0 and rec.status == "done" and rec.last_iteration == 40
+        assert [p.iteration for p in rec.train] == list(range(0, 41, 5))
+        assert [p.lr for p in rec.train][:-1] == [0.1] * 6 + [pytest.approx(0.01)] * 2
+        assert [i for i, _ in rec.grad_norm] == list(range(0, 36, 5)) and all(v > 0 for _, v in rec.grad_norm)
+        assert [t.iteration for t in rec.tests] == [0, 20, 40] and rec.map_output() is None   # only a loss
+        assert rec.steps == [(30, 1)] and rec.snapshots == [(40, "runs/tiny/x/tiny_iter_40.caffemodel")]
+        assert [s[0] for s in rec.speed] == list(range(5, 36, 5))

@@ -8,6 +8,7 @@ run's final and best test mAP (x100), final minus paper, how much of the schedul
 * ``no NAN yet (paper: NAN)``  the paper reports NAN, this run has not diverged but is not finished
 * ``converged (paper: NAN)``   the paper reports NAN, this run finished without diverging
 * ``no test yet``          no test output in the log
+* ``no mAP output``        tests ran but report only losses (no DetectionEvaluate output)
 * ``no paper value``       the variant has no paper number (e.g. the demo)
 * ``not comparable``       the paper's metric is not the log's VOC-style mAP (COCO AP: use ``eval coco``)
 * ``within tolerance`` / ``below`` / ``above``  |final - paper| <= tolerance (points), or which side
@@ -32,8 +33,9 @@ from .logparse import RunRecord, parse_log
 WITHIN, BELOW, ABOVE = "within tolerance", "below", "above"
 NAN_EXPECTED, NAN_UNEXPECTED = "NAN as expected", "unexpected NAN"
 NAN_NOT_YET, CONVERGED_PAPER_NAN = "no NAN yet (paper: NAN)", "converged (paper: NAN)"
-NO_TEST, NO_PAPER, NOT_COMPARABLE = "no test yet", "no paper value", "not comparable"
-STRICT_FAILURES = (BELOW, NAN_UNEXPECTED, CONVERGED_PAPER_NAN, NO_TEST)
+NO_TEST, NO_MAP = "no test yet", "no mAP output"
+NO_PAPER, NOT_COMPARABLE = "no paper value", "not comparable"
+STRICT_FAILURES = (BELOW, NAN_UNEXPECTED, CONVERGED_PAPER_NAN, NO_TEST, NO_MAP)
 
 
 @dataclass
@@ -103,6 +105,9 @@ def _verdict(card: ScoreCard, rec: RunRecord, result, tolerance: float) -> str:
     if rec.diverged:
         return NAN_UNEXPECTED
     if card.final_map is None:
+        if rec.tests:
+            card.notes.append(f"the tests report no mAP output (outputs: {', '.join(rec.test_output_names())})")
+            return NO_MAP
         return NO_TEST
     if result is None:
         return NO_PAPER

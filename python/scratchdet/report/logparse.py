@@ -139,16 +139,22 @@ class RunRecord:
             return "done"
         return "running" if self.lines else "empty"
 
-    def map_output(self, net: int = 0) -> str | None:
-        """The test output that holds mAP: ``detection_eval`` (or one named like it), else the first."""
+    def test_output_names(self, net: int = 0) -> list[str]:
         names: list[str] = []
         for t in self.tests:
             if t.net == net:
                 names += [n for n in t.outputs if n not in names]
+        return names
+
+    def map_output(self, net: int = 0) -> str | None:
+        """The test output that holds mAP: ``detection_eval`` (or one named like it), else the first
+        output that is not a loss; None when the tests report only losses."""
+        names = self.test_output_names(net)
         for n in names:
             if "detection_eval" in n or n.lower() in ("map", "eval"):
                 return n
-        return names[0] if names else None
+        others = [n for n in names if "loss" not in n.lower()]
+        return others[0] if others else None
 
     def map_series(self, net: int = 0, output: str | None = None) -> list[tuple[int, float]]:
         output = output or self.map_output(net)

@@ -3,10 +3,13 @@
 Written to ``--out`` (PNG, matplotlib's Agg renderer, no display needed):
 
 * ``loss.png``     smoothed training loss (as logged) against iteration
-* ``lr.png``       learning rate against iteration (log scale)
+* ``lr.png``       learning rate against iteration
 * ``map.png``      test mAP (percent) against iteration; the paper's value, when known, dashed
 * ``figure1.png``  the paper's Figure 1 panels: (a) training loss, (b) L2 norm of the gradient,
   (c) fluctuation of that norm
+
+Value axes turn logarithmic when the curves span more than a factor of 20 (an exploding run next to
+converging ones, lr steps), linear otherwise.
 
 The gradient norm is the one our engine logs every display interval (``Iteration N, gradient L2
 norm = v``: all learnable diffs, before clipping); Caffe's own logs do not have it, so panels (b)
@@ -67,7 +70,8 @@ def _draw(ax, series, rec: RunRecord, label: str, color, scale: float = 1.0, mar
     pts = _finite(series)
     if pts:
         x, y = zip(*pts)
-        ax.plot(x, [v * scale for v in y], color=color, label=label, linewidth=1.2, marker=marker, markersize=3)
+        ax.plot(x, [v * scale for v in y], color=color, label=label, linewidth=1.2,
+                marker=marker or ("o" if len(pts) == 1 else None), markersize=3)
     if rec.diverged is not None:
         before = [p for p in pts if p[0] <= rec.diverged.iteration] or pts
         y = before[-1][1] * scale if before else 0.0
@@ -131,7 +135,7 @@ def plot_runs(runs: list[tuple[str, RunRecord]], out_dir, window: int = FLUCTUAT
     drawn = False
     for label, rec in runs:
         drawn |= _draw(ax, rec.loss_series(), rec, _label(rec, label), color[label])
-    _finish(ax, "Training loss", "loss (smoothed as logged)", drawn, "no loss lines in the logs")
+    _finish(ax, "Training loss", "loss (smoothed as logged)", drawn, "no loss lines in the logs", log_y=True)
     written.append(_save(fig, out_dir / "loss.png"))
 
     fig, (ax,) = _new_figure()
@@ -165,7 +169,7 @@ def plot_runs(runs: list[tuple[str, RunRecord]], out_dir, window: int = FLUCTUAT
         drawn = False
         for label, rec in runs:
             drawn |= _draw(ax, get(rec), rec, _label(rec, label), color[label])
-        _finish(ax, title, ylabel, drawn, note, log_y=title.startswith(("(b)", "(c)")))
+        _finish(ax, title, ylabel, drawn, note, log_y=True)
     written.append(_save(fig, out_dir / "figure1.png"))
     return written
 
