@@ -39,8 +39,18 @@ def save_caffemodel(net, path, write_diff: bool = False) -> None:
 
 def load_caffemodel(net, path) -> list[str]:
     """Copy the weights of ``path`` into ``net`` by layer name; returns the file's layers that the
-    net does not have (Caffe logs them as "Ignoring source layer")."""
-    return net.copy_from(read_caffemodel(path), str(path))
+    net does not have (Caffe logs them as "Ignoring source layer"). Unlike Caffe, a file none of
+    whose weighted layers is in the net is an error: it is the wrong file for this net."""
+    param = read_caffemodel(path)
+    ignored = net.copy_from(param, str(path))
+    layers = list(param.layer) or list(param.layers)
+    with_blobs = [lp.name for lp in layers if lp.blobs]
+    net_with_blobs = [layer.name for layer in net.layers if layer.blobs()]
+    if with_blobs and net_with_blobs and set(with_blobs) <= set(ignored):
+        raise ScratchDetError(f"{path}: no layer with weights matches a layer of the net by name "
+                              f"(file: {', '.join(with_blobs[:3])}{', ...' if len(with_blobs) > 3 else ''}; "
+                              f"net: {', '.join(net_with_blobs[:3])}{', ...' if len(net_with_blobs) > 3 else ''})")
+    return ignored
 
 
 def read_solverstate(path) -> "pb.SolverState":

@@ -292,25 +292,30 @@ class Net(nn.Module):
         """Run layer ``i`` on the named ``blobs`` and store its tops there. A layer without
         bottoms whose tops are all in ``inputs`` (Input, or a data layer being replaced) is skipped
         and its tops take those values."""
-        layer = self.layers[i]
-        lp = layer.lp
+        lp = self.layers[i].lp
         if not lp.bottom and inputs and lp.top and all(t in inputs for t in lp.top):
             outs = tuple(self._tensor(inputs[t], self.device) for t in lp.top)
         else:
-            bottoms = [blobs[b] for b in lp.bottom]
-            keep = self._propagate[i]
-            if keep is not None:
-                bottoms = [b if k else b.detach() for b, k in zip(bottoms, keep)]
-            outs = layer(*bottoms)
-            if not isinstance(outs, tuple):
-                outs = tuple(outs) if isinstance(outs, list) else (outs,)
-            if not lp.bottom:
-                device = self.device
-                outs = tuple(o.to(device) if o.device != device else o for o in outs)
-        if len(outs) != len(lp.top):
-            raise ScratchDetError(f"layer {lp.name!r} ({lp.type}) gave {len(outs)} outputs for {len(lp.top)} tops")
+            outs = self.run_layer(i, [blobs[b] for b in lp.bottom])
         for t, v in zip(lp.top, outs):
             blobs[t] = v
+        return outs
+
+    def run_layer(self, i: int, bottoms: list) -> tuple:
+        """Layer ``i`` on the given bottom tensors (propagate_down applied); its tops as a tuple."""
+        layer = self.layers[i]
+        lp = layer.lp
+        keep = self._propagate[i]
+        if keep is not None:
+            bottoms = [b if k else b.detach() for b, k in zip(bottoms, keep)]
+        outs = layer(*bottoms)
+        if not isinstance(outs, tuple):
+            outs = tuple(outs) if isinstance(outs, list) else (outs,)
+        if not lp.bottom:
+            device = self.device
+            outs = tuple(o.to(device) if o.device != device else o for o in outs)
+        if len(outs) != len(lp.top):
+            raise ScratchDetError(f"layer {lp.name!r} ({lp.type}) gave {len(outs)} outputs for {len(lp.top)} tops")
         return outs
 
     def forward(self, inputs: dict | None = None, *, per_layer: dict | None = None) -> dict:

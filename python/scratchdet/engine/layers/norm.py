@@ -29,9 +29,6 @@ class BatchNorm(Layer):
     per channel). Global stats (TEST by default): mean = mean_sum/s, var = var_sum/s, 0 when s == 0.
     """
 
-    #: the timing tool turns this off so that repeated forwards leave the statistics untouched
-    training_updates_stats = True
-
     def __init__(self, lp, phase, bottom_shapes, top_shapes):
         super().__init__(lp, phase, bottom_shapes, top_shapes)
         bp = lp.batch_norm_param
@@ -64,13 +61,12 @@ class BatchNorm(Layer):
         mean = x.mean(dim=dims)
         centred = x - self._view(mean, ndim)
         var = (centred * centred).mean(dim=dims)
-        if self.training_updates_stats:
-            with torch.no_grad():
-                m = x.numel() // self.channels
-                correction = m / (m - 1) if m > 1 else 1.0
-                self.factor.mul_(self.maf).add_(1.0)
-                self.mean_sum.mul_(self.maf).add_(mean.detach())
-                self.var_sum.mul_(self.maf).add_(var.detach(), alpha=correction)
+        with torch.no_grad():
+            m = x.numel() // self.channels
+            correction = m / (m - 1) if m > 1 else 1.0
+            self.factor.mul_(self.maf).add_(1.0)
+            self.mean_sum.mul_(self.maf).add_(mean.detach())
+            self.var_sum.mul_(self.maf).add_(var.detach(), alpha=correction)
         return (centred / torch.sqrt(self._view(var, ndim) + self.eps),)
 
 
