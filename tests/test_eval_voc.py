@@ -260,3 +260,17 @@ def test_bad_input_names_the_file_and_line(tmp_path, capsys):
         groundtruth.from_voc_xml(tmp_path / "Annotations", ["broken"])
     with pytest.raises(ScratchDetError, match="ends with no class"):
         detfiles.read_det_files([tmp_path / "test.txt"], ["cat"])
+
+
+def test_detection_output_rows_become_pixel_detections():
+    rows = [[0, 1, 0.9, 0.1, 0.2, 0.5, 0.6],
+            [0, 2, 0.8, -0.1, 0.0, 1.2, 0.5],      # clipped to the image before scaling
+            [1, -1, -1, -1, -1, -1, -1],           # the layer's filler row for an image without detections
+            [2, 1, 0.7, 0.0, 0.0, 1.0, 1.0]]
+    out = detfiles.from_detection_output(rows, ["a", "b", "c"], [(100, 200), (50, 50), (30, 40)], {1: "cat", 2: "dog"})
+    assert out["cat"].images == ["a", "c"] and out["dog"].images == ["a"]
+    np.testing.assert_allclose(out["cat"].boxes, [[20, 20, 100, 60], [0, 0, 40, 30]])
+    np.testing.assert_allclose(out["dog"].boxes, [[0, 0, 200, 50]])
+    np.testing.assert_allclose(out["cat"].scores, [0.9, 0.7])
+    with pytest.raises(ScratchDetError, match="image index 5"):
+        detfiles.from_detection_output([[5, 1, 0.9, 0, 0, 1, 1]], ["a"], [(1, 1)], {1: "cat"})

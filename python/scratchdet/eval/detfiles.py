@@ -64,6 +64,29 @@ def group_by_class(per_image: Mapping[str, tuple], class_names: Mapping[int, str
     return {name: ClassDetections(i, np.asarray(s), np.asarray(b).reshape(-1, 4)) for name, (i, s, b) in lists.items()}
 
 
+def from_detection_output(rows, names: list[str], sizes: list[tuple[int, int]],
+                          class_names: Mapping[int, str]) -> dict[str, ClassDetections]:
+    """DetectionOutput rows ``[image, label, score, xmin, ymin, xmax, ymax]`` (normalized) to pixel
+    detections by class, as the fork's ``save_output_param`` does: the box is clipped to [0, 1] and
+    scaled by the original (height, width) of ``sizes[image]``; rows with label -1 (the layer's
+    "nothing detected" filler) are skipped. ``image`` indexes ``names``/``sizes``."""
+    rows = np.asarray(rows, np.float64).reshape(-1, 7)
+    per_image: dict[str, tuple[list, list, list]] = {}
+    for image, label, score, *box in rows:
+        if int(label) == -1:
+            continue
+        k = int(image)
+        if not 0 <= k < len(names):
+            raise ScratchDetError(f"detection row names image index {k}, but {len(names)} image names were given")
+        h, w = sizes[k]
+        x0, y0, x1, y1 = np.clip(box, 0.0, 1.0)
+        labels, scores, boxes = per_image.setdefault(names[k], ([], [], []))
+        labels.append(int(label))
+        scores.append(score)
+        boxes.append((x0 * w, y0 * h, x1 * w, y1 * h))
+    return group_by_class(per_image, class_names)
+
+
 def format_line(image: str, score: float, box) -> str:
     # score with 6 significant digits as the fork's iostream writes it; boxes to 0.1 pixel
     x0, y0, x1, y1 = (float(v) for v in box)
