@@ -138,3 +138,10 @@ def test_tests_without_map_output(tmp_path):
     c = card(log, BN_BOTH)
     assert c.verdict == compare.NO_MAP and c.final_map is None
     assert any("no mAP output (outputs: loss)" in n for n in c.notes)
+
+
+def test_registry_key_missing_from_the_paper_table_is_a_note(tmp_path, monkeypatch):
+    fake = types.SimpleNamespace(all_variants=lambda: [types.SimpleNamespace(id="odd", paper_key="table7/none")])
+    monkeypatch.setattr(variants, "registry", lambda: fake)
+    c = card(write_log(tmp_path / "runs/VOC0712/odd/train.log", tests={1000: 0.5}, done=True))
+    assert c.verdict == compare.NO_PAPER and any("'table7/none'" in n for n in c.notes)

@@ -73,7 +73,11 @@ def score(rec: RunRecord, variant: str | None = None, paper_key: str | None = No
             notes.append("prototxt_gen.registry not importable: give --paper-key to compare with the paper")
         elif paper_key is None and variants.registry_variant(variant) is None:
             notes.append(f"variant {variant!r} is not in the registry")
-    result = variants.paper_result(paper_key)
+    try:
+        result = variants.paper_result(paper_key)
+    except ScratchDetError:   # a registry key that the paper's table lacks: report it, score on
+        notes.append(f"paper key {paper_key!r} (from the registry) is not in scratchdet.report.paper")
+        result = None
     final = rec.final_map
     best = rec.best_map
     max_iter = rec.max_iter

@@ -20,7 +20,7 @@ def registry():
     """``prototxt_gen.registry`` or None when it is not importable (another part of the project)."""
     try:
         from prototxt_gen import registry as reg
-    except ImportError:
+    except Exception:   # absent, or broken while being written: scoring goes on without it
         return None
     return reg
 
