@@ -112,6 +112,18 @@ def test_batchnorm_backward_matches_caffe_formula():
     np.testing.assert_allclose(x.grad.numpy(), expect, rtol=1e-3, atol=1e-5)
 
 
+def test_batchnorm_one_value_per_channel():
+    # m = 1: the output is 0, the variance accumulator gets no m/(m-1) factor, no gradient flows
+    net = one_layer(BN % "", {"x": (1, 3, 1, 1)}, TRAIN)
+    x = torch.tensor([1.0, -2.0, 5.0]).reshape(1, 3, 1, 1).requires_grad_(True)
+    y = net.forward({"x": x})["x"]
+    assert not y.detach().any()
+    y.backward(torch.ones_like(y))
+    assert not x.grad.any()
+    mean_sum, var_sum, s = net.layer("bn").blobs()
+    assert mean_sum.tolist() == [1.0, -2.0, 5.0] and not var_sum.any() and s.item() == 1.0
+
+
 def test_batchnorm_blobs_are_not_learnable_and_nonzero_lr_mult_is_rejected():
     net = one_layer(BN % "", {"x": (1, 2, 2, 2)})
     infos = net.params()
@@ -152,6 +164,8 @@ def caffe_pool(x, k, s, p, method):
     (13, 3, 2, 1, 7),      # padded last window half outside: AVE divisor counts the padded cell
     (6, 3, 2, 0, 3),       # last window runs past the image without padding
     (5, 2, 2, 1, 3),       # the "last window must start inside" rule drops a ceil output
+    (7, 3, 2, 2, 5),       # pad above half the kernel (Caffe allows pad < kernel)
+    (10, 4, 3, 3, 5),      # ... with the last window cut by the padded border
 ])
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 def test_pooling_matches_caffe_borders(size, k, s, p, expect_out, method):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ...caffe.netstate import TEST
 from .. import fillers
@@ -47,27 +48,31 @@ class BatchNorm(Layer):
         self.var_sum = self.add_blob((self.channels,), learnable=False)
         self.factor = self.add_blob((1,), learnable=False)
 
-    def _view(self, t, ndim):
-        return t.reshape((1, -1) + (1,) * (ndim - 2)) if ndim > 1 else t
-
     def forward(self, x):
-        ndim = x.dim()
+        # torch's batch_norm computes exactly Caffe's normalisation ((x - mean) / sqrt(var + eps),
+        # biased batch variance when training) with a fused kernel; Caffe's accumulators differ from
+        # torch's running averages, so they are updated here
+        shape = x.shape
+        if x.dim() == 1:
+            x = x.reshape(-1, 1)
         if self.use_global_stats:
             s = self.factor[0]
             scale = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-            mean, var = self.mean_sum * scale, self.var_sum * scale
-            return ((x - self._view(mean, ndim)) / torch.sqrt(self._view(var, ndim) + self.eps),)
-        dims = [0] + list(range(2, ndim))
-        mean = x.mean(dim=dims)
-        centred = x - self._view(mean, ndim)
-        var = (centred * centred).mean(dim=dims)
+            y = F.batch_norm(x, self.mean_sum * scale, self.var_sum * scale, training=False, eps=self.eps)
+            return (y.reshape(shape),)
         with torch.no_grad():
+            dims = [0] + list(range(2, x.dim()))
+            var, mean = torch.var_mean(x.detach(), dim=dims, correction=0)
             m = x.numel() // self.channels
             correction = m / (m - 1) if m > 1 else 1.0
             self.factor.mul_(self.maf).add_(1.0)
-            self.mean_sum.mul_(self.maf).add_(mean.detach())
-            self.var_sum.mul_(self.maf).add_(var.detach(), alpha=correction)
-        return (centred / torch.sqrt(self._view(var, ndim) + self.eps),)
+            self.mean_sum.mul_(self.maf).add_(mean)
+            self.var_sum.mul_(self.maf).add_(var, alpha=correction)
+        if m == 1:      # torch refuses one value per channel; Caffe normalises it to 0
+            view = (1, -1) + (1,) * (x.dim() - 2)
+            return (((x - x.mean(dim=dims).reshape(view)) / (self.eps ** 0.5)).reshape(shape),)
+        y = F.batch_norm(x, None, None, training=True, eps=self.eps)
+        return (y.reshape(shape),)
 
 
 class _AffineBase(Layer):

@@ -1,7 +1,7 @@
 """Pooling with Caffe's geometry (caffe-ssd-spec §6): the output size rounds up, and the last
-window must start inside the image. Torch's ``ceil_mode`` and average divisor differ from Caffe at
-the borders, so the input is padded explicitly to exactly the extent the windows cover and torch
-pools with no padding of its own:
+window must start inside the image. Torch's ``ceil_mode`` pooling gives the same result where it
+accepts the geometry (pad at most half the kernel, same output size); elsewhere the input is padded
+explicitly to exactly the extent the windows cover and torch pools with no padding of its own:
 
 - MAX pads with -inf (padding never wins);
 - AVE pads with zeros and divides each window's sum by Caffe's divisor: the window clipped to
@@ -28,6 +28,13 @@ def _window_sizes(size: int, kernel: int, stride: int, pad: int, out: int) -> np
     return end - start
 
 
+def _torch_ceil_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
 class _Geometry:
     def __init__(self, pp, h: int, w: int):
         self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.oh, self.ow = pool_geometry(pp, h, w)
@@ -36,6 +43,12 @@ class _Geometry:
         self.extent_w = (self.ow - 1) * self.sw + self.kw
         self.h, self.w = h, w
         self._divisor: dict[torch.device, torch.Tensor] = {}
+        # torch's own ceil-mode pooling has the same output size, window clipping and AVE divisor
+        # whenever it accepts the padding (at most half the kernel) and agrees on the size (it
+        # drops a last window starting past the image even without padding; Caffe does not)
+        self.native = (self.ph <= self.kh // 2 and self.pw <= self.kw // 2
+                       and (self.oh, self.ow) == (_torch_ceil_size(h, self.kh, self.sh, self.ph),
+                                                  _torch_ceil_size(w, self.kw, self.sw, self.pw)))
 
     def pad_and_crop(self, x: torch.Tensor, value: float) -> torch.Tensor:
         right = self.extent_w - self.w - self.pw
@@ -87,6 +100,10 @@ class Pooling(Layer):
 
     def forward(self, x):
         g = self.geometry(x.shape[2], x.shape[3])
+        if g.native:
+            if self.method == MAX:
+                return (F.max_pool2d(x, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw), ceil_mode=True),)
+            return (F.avg_pool2d(x, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw), ceil_mode=True, count_include_pad=True),)
         if self.method == MAX:
             padded = g.pad_and_crop(x, -math.inf)
             return (F.max_pool2d(padded, (g.kh, g.kw), (g.sh, g.sw)),)
