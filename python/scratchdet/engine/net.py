@@ -217,7 +217,7 @@ class Net(nn.Module):
         self.name = net_param.name
         param = upgrade_inputs(filter_net(net_param, phase, level, tuple(stages)))
         self.param = param
-        self._check_names(param)
+        self._check_names(param, source)
         shapes = infer(param, None, source)
         layers = []
         for lp, ls in zip(param.layer, shapes.layers):
@@ -241,16 +241,16 @@ class Net(nn.Module):
 
     # -- construction checks ------------------------------------------------------------------------
     @staticmethod
-    def _check_names(param) -> None:
+    def _check_names(param, source: str) -> None:
         produced: set[str] = set()
         for lp in param.layer:
             for spec in lp.param:
                 if spec.name:
-                    raise ScratchDetError(f"layer {lp.name!r}: shared parameters (param name {spec.name!r}) "
+                    raise ScratchDetError(f"{source}: layer {lp.name!r}: shared parameters (param name {spec.name!r}) "
                                           "are not supported")
             for t in lp.top:
                 if t in produced and t not in lp.bottom:
-                    raise ScratchDetError(f"layer {lp.name!r}: top blob {t!r} produced by multiple sources")
+                    raise ScratchDetError(f"{source}: layer {lp.name!r}: top blob {t!r} produced by multiple sources")
             produced.update(lp.top)
 
     @staticmethod
