@@ -124,3 +124,35 @@ def test_missing_source_and_bad_backend_are_clear_errors(tmp_path, db):
                        pb.LayerParameter)
     with pytest.raises(ScratchDetError, match="backend must be LMDB"):
         AnnotatedDataLayer(lp, TRAIN, [], [(1, 3, H, W)])
+
+
+FORK_AFTER_OPENCV = """
+import sys
+import cv2, numpy as np
+sys.path.insert(0, {tests!r})
+import test_train_data_layer as t
+cv2.resize(np.zeros((600, 600, 3), np.uint8), (900, 900))     # may start OpenCV's thread pool
+lp = t.io.parse_text('name: "data" type: "AnnotatedData" top: "data" top: "label" '
+                     'data_param {{ source: "{db}" batch_size: 2 backend: LMDB }} '
+                     'transform_param {{ resize_param {{ resize_mode: WARP height: 400 width: 400 interp_mode: CUBIC }} }}',
+                     t.pb.LayerParameter)
+lay = t.AnnotatedDataLayer(lp, t.TRAIN, [], [(2, 3, 400, 400), (1, 1, 1, 8)])
+lay.configure(workers=0)
+lay.forward()                                                  # OpenCV work in this process
+lay.seek(0)
+big = np.zeros((600, 600, 3), np.uint8)
+for _ in range(5):
+    cv2.resize(big, (311, 307), interpolation=cv2.INTER_CUBIC)
+lay.configure(workers=1)
+print(t.record_ids(lay.forward()[0]))
+"""
+
+
+def test_workers_start_after_opencv_was_used_in_the_parent(db):
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = FORK_AFTER_OPENCV.format(tests=str(Path(__file__).parent), db=str(db))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[0, 1]"

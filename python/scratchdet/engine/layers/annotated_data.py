@@ -106,9 +106,8 @@ class BatchSource(torch.utils.data.Dataset):
 
 
 def _worker_init(_worker_id: int) -> None:
-    # each worker works on whole batches: keep OpenCV and torch single-threaded in it
-    import cv2
-    cv2.setNumThreads(1)
+    # each worker works on whole batches: keep torch single-threaded in it. (Not cv2.setNumThreads:
+    # reconfiguring the OpenCV thread pool inherited through fork() can hang the worker.)
     torch.set_num_threads(1)
 
 
