@@ -125,7 +125,7 @@ class LearningRate:
 
 @dataclass
 class UpdateInfo:
-    grad_norm: float            # L2 norm of the accumulated learnable diffs, before clipping
+    grad_norm: float | None     # L2 norm of the accumulated learnable diffs, before clipping
     clip_scale: float | None    # factor the diffs were scaled by, when clipping happened
     messages: list[str] = field(default_factory=list)
 
@@ -164,17 +164,19 @@ class SGD:
 
     @torch.no_grad()
     def grad_norm(self) -> float:
-        total = torch.zeros((), dtype=torch.float64)
-        for p, _ in self._updated():
-            if p.tensor.grad is not None:
-                total += p.tensor.grad.double().pow(2).sum().cpu()
-        return math.sqrt(float(total))
+        """L2 norm of all learnable diffs (one device sync)."""
+        norms = [p.tensor.grad.float().norm() for p, _ in self._updated() if p.tensor.grad is not None]
+        if not norms:
+            return 0.0
+        return float(torch.stack(norms).double().norm())
 
     @torch.no_grad()
-    def apply_update(self, rate: float) -> UpdateInfo:
+    def apply_update(self, rate: float, norm: float | None = None) -> UpdateInfo:
         """ClipGradients, Normalize, Regularize, ComputeUpdateValue and Net::Update for every
-        learnable blob, in Caffe's order. ``rate`` is GetLearningRate's value."""
-        norm = self.grad_norm()
+        learnable blob, in Caffe's order. ``rate`` is GetLearningRate's value; ``norm`` the diffs'
+        L2 norm when the caller has it (computed here only when clipping needs it)."""
+        if norm is None and self.clip >= 0:
+            norm = self.grad_norm()
         info = UpdateInfo(norm, None)
         if self.clip >= 0 and norm > self.clip:
             scale = self.clip / norm

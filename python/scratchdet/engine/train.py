@@ -441,15 +441,18 @@ class Trainer:
                     log.error(glog.OURS, f"Training diverged at iteration {self.iter}: loss = {glog.num(loss if not math.isfinite(loss) else float('nan'))}")
                     result.status = "diverged"
                     break
-                self._grad_norm = self.sgd.grad_norm() / sp.iter_size
-                if sp.display and self.iter % sp.display == 0:
+                displaying = bool(sp.display) and self.iter % sp.display == 0
+                norm = self.sgd.grad_norm() if displaying or sp.clip_gradients >= 0 else None
+                if displaying:
+                    # the gradient of the mean loss over the effective batch (Figure 1's quantity)
+                    self._grad_norm = norm / sp.iter_size
                     now = time.perf_counter()
                     self._display(blobs, now - tick, self.iter - tick_iter)
                     tick, tick_iter = now, self.iter
                 rate = self.lr.rate(self.iter, self._smoothed, log=lambda m: log.info(glog.MULTISTEP, m))
-                if sp.display and self.iter % sp.display == 0:
+                if displaying:
                     log.info(glog.LR, f"Iteration {self.iter}, lr = {glog.num(rate)}")
-                info = self.sgd.apply_update(rate)
+                info = self.sgd.apply_update(rate, norm)
                 for m in info.messages:
                     log.info(glog.CLIP, m)
                 if self.dist.active:
