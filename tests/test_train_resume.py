@@ -144,3 +144,28 @@ def test_missing_solverstate_is_one_clear_line(files):
     root, solver, _ = files
     r = cli(["train", "--solver", str(solver), "--snapshot", str(root / "nope.solverstate"), "--gpu", "cpu"])
     assert r.returncode == 2 and "nope.solverstate" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ctrl_c_to_the_process_group_snapshots_and_stops(files, tmp_path):
+    import signal
+    import time
+    root, solver, _ = files
+    sp = io.read_solver(solver)
+    sp.max_iter, sp.snapshot, sp.test_interval = 100000, 0, 0
+    sp.snapshot_prefix = str(tmp_path / "int")
+    long_solver = tmp_path / "long_solver.prototxt"
+    long_solver.write_text(text_format.MessageToString(sp))
+    log = tmp_path / "train.log"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.Popen(SCRATCHDET + ["train", "--solver", str(long_solver), "--gpu", "cpu", "--workers", "2",
+                                          "--log", str(log), "--quiet"],
+                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "Iteration 3, loss" in log.read_text()):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)              # as a terminal's Ctrl-C: every process of the group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    m = re.search(r"interrupted at iteration (\d+); snapshot (\S+)", err)
+    assert m and Path(m.group(2)).is_file() and Path(m.group(2)).with_suffix(".solverstate").is_file()
+    assert "Traceback" not in err

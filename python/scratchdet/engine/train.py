@@ -278,6 +278,8 @@ class Trainer:
                 layer.device = self.device
                 layer.configure(seed=seed, rank=self.dist.rank, world=self.dist.world, workers=workers)
 
+        for j, net in enumerate(self.test_nets):
+            self._check_test_coverage(j, net)
         self.sgd = SGD(self.net.params(), sp)
         self.lr = LearningRate(sp)
         self.iter = 0
@@ -292,6 +294,19 @@ class Trainer:
         self._smoothed = 0.0
         self._stop_request: str | None = None
         self._hup_request = False
+
+    def _check_test_coverage(self, j: int, net) -> None:
+        """Each test pass starts at the first record; say when test_iter x batch is not one pass."""
+        layers = data_layers(net)
+        if not layers or j >= len(self.sp.test_iter):
+            return
+        seen, total = self.sp.test_iter[j] * layers[0].batch_size, len(layers[0].db)
+        if seen < total:
+            self.log.warning(glog.OURS, f"Test net #{j}: test_iter {self.sp.test_iter[j]} x batch {layers[0].batch_size} "
+                                        f"= {seen} images; the test set has {total}: the rest is never scored")
+        elif seen > total:
+            self.log.warning(glog.OURS, f"Test net #{j}: test_iter {self.sp.test_iter[j]} x batch {layers[0].batch_size} "
+                                        f"= {seen} images; the test set has {total}: {seen - total} are scored twice")
 
     # -- starting points --------------------------------------------------------------------------
     def _copy_weights(self, weights: str) -> None:

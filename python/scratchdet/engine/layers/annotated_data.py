@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 
 import numpy as np
 import torch
@@ -106,6 +107,9 @@ class BatchSource(torch.utils.data.Dataset):
 
 
 def _worker_init(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the trainer snapshots and stops, and needs its
+    # workers alive for the rest of the iteration; they end with the loader.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # each worker works on whole batches: keep torch single-threaded in it. (Not cv2.setNumThreads:
     # reconfiguring the OpenCV thread pool inherited through fork() can hang the worker.)
     torch.set_num_threads(1)
