@@ -162,8 +162,9 @@ RESNET34_STAGES = ((3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2))
 RELEASED_EXTRAS = (ResidualExtra(2, 1), ResidualExtra(2, 1), ResidualExtra(1, 1, "identity"),
                    ResidualExtra(1, 1, "identity"))
 # Paper (§3.2, "1x1 stride 2 branch and 3x3 stride 2 + 3x3 branch") with SSD300's 38/19/10/5/3/1:
-# conv8 as described (5 -> 3); a 1x1 stride-2 shortcut cannot map 3x3 to 1x1, so conv9 uses a
-# valid 3x3 conv (pad 0) in both branches (3 -> 1). Our choice; the paper gives no more detail.
+# conv8 as described (5 -> 3); conv9 takes 3 -> 1 with a valid 3x3 conv (pad 0), our choice (a 1x1
+# stride-2 shortcut cannot reach 1x1). conv9's sum feeds nothing (the head reads conv9_2), so
+# NetSpec emits neither it nor its shortcut, as in the released net.
 PAPER_EXTRAS = (ResidualExtra(2, 1), ResidualExtra(2, 1), ResidualExtra(2, 1),
                 ResidualExtra(1, 0, "project", 3))
 

@@ -11,7 +11,8 @@ file through a temporary file and a rename. Overrides (all optional):
 * the solver: ``base_lr``, ``max_iter`` (without ``stepvalue`` the steps scale with it),
   ``stepvalue``, ``test_interval``, ``test_iter``, ``snapshot``, ``display``, ``random_seed``;
 * batches: ``batch`` (per GPU), ``test_batch``, ``iter_size``, ``gpus``;
-* demo nets only: ``input_size``, ``width`` (channel multiplier), ``sources`` (detection maps).
+* demo nets only: ``input_size``, ``width`` (channel multiplier), ``sources`` (detection maps);
+* ``profile``: ``paper`` or ``released`` picks that twin of a ScratchDet300 variant.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ _SOLVER_KEYS = {"base_lr", "max_iter", "stepvalue", "test_interval", "test_iter"
                 "random_seed"}
 _BATCH_KEYS = {"batch", "test_batch", "iter_size", "gpus"}
 _ARCH_KEYS = {"input_size", "width", "sources"}
-OVERRIDES = _PATH_KEYS | _SOLVER_KEYS | _BATCH_KEYS | _ARCH_KEYS
+OVERRIDES = _PATH_KEYS | _SOLVER_KEYS | _BATCH_KEYS | _ARCH_KEYS | {"profile"}
+PROFILES = ("paper", "released")
 
 
 def _fail(variant: Variant, problem: str):
@@ -64,7 +66,7 @@ def resolve(variant: Variant, **overrides) -> Variant:
     if unknown:
         _fail(variant, f"unknown override {unknown[0]!r} (known: {', '.join(sorted(OVERRIDES))})")
     o = {k: v for k, v in overrides.items() if v is not None}
-    v = variant
+    v = _with_profile(variant, o.pop("profile")) if "profile" in o else variant
     arch_keys = _ARCH_KEYS & set(o)
     if arch_keys:
         if not v.arch.scalable:
@@ -105,6 +107,19 @@ def resolve(variant: Variant, **overrides) -> Variant:
     if "random_seed" in o:
         repl["random_seed"] = int(o["random_seed"])
     return dataclasses.replace(v, **repl) if repl else v
+
+
+def _with_profile(variant: Variant, profile) -> Variant:
+    """The ``paper`` / ``released`` twin of a ScratchDet300 variant."""
+    if profile not in PROFILES:
+        _fail(variant, f"unknown profile {profile!r} (one of {', '.join(PROFILES)})")
+    if variant.profile == profile:
+        return variant
+    base = variant.id[: -len("_released")] if variant.id.endswith("_released") else variant.id
+    twin = f"{base}_released" if profile == "released" else base
+    if twin == variant.id or twin not in registry.VARIANTS:
+        _fail(variant, f"has no {profile!r} profile (only the ScratchDet300 variants have both)")
+    return registry.VARIANTS[twin]
 
 
 # -- nets ----------------------------------------------------------------------------------------------
@@ -231,6 +246,8 @@ def render_variant(variant: Variant | str, out_dir="models", **overrides) -> tup
     """(folder, file name -> bytes) of a variant as ``write_variant`` would write it."""
     if isinstance(variant, str):
         variant = registry.get(variant)
+    if overrides.get("profile") is not None:   # the twin's files go to the twin's folder
+        variant = _with_profile(variant, overrides.pop("profile"))
     folder = Path(out_dir) / variant.dataset / variant.id
     overrides.setdefault("model_dir", folder.as_posix())
     return folder, render(build_variant(variant, **overrides))

@@ -269,8 +269,8 @@ def _scratchdet() -> list[Variant]:
             id=f"{ds}_rootres34", title=f"ScratchDet300 (Root-ResNet-34) on {DATASETS[ds].folder}, as the paper describes it",
             cell="Root-ResNet-34, maps 38/19/10/5/3/1, BatchNorm in backbone and head", profile="paper",
             arch=Arch(resnet=root_resnet34(PAPER_EXTRAS), bn_head=True),
-            notes=(_RES34_SOURCES, "conv8: 3x3/2 + 1x1/2 shortcut (5->3); conv9: valid 3x3 in both branches "
-                   "(3->1), since a 1x1/2 shortcut cannot reach 1x1") + notes_voc12, **common))
+            notes=(_RES34_SOURCES, "conv8: 3x3/2 + 1x1/2 shortcut (5->3); conv9: valid 3x3 (3->1), since a "
+                   "1x1/2 shortcut cannot reach 1x1 (its sum, unused by the head, is not emitted)") + notes_voc12, **common))
         out.append(Variant(
             id=f"{ds}_rootres34_released", title=f"ScratchDet300 (Root-ResNet-34) on {DATASETS[ds].folder}, "
             f"as the authors' caffe/ssd_{'coco' if coco else 'pascal'}.py generates it",
