@@ -93,10 +93,6 @@ class Arch:
     sources: int = 6
     family: str = ""                # demo family ("rootres" | "vgg") for rebuilding at other sizes
 
-    @property
-    def backbone_bn(self) -> bool:
-        return self.vgg.bn if self.vgg is not None else True
-
 
 # -- variants ----------------------------------------------------------------------------------------
 

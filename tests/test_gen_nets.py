@@ -243,3 +243,53 @@ def test_shapes_of_the_test_net_hold_for_every_variant():
     for v in registry.all_variants():
         ns = shapes.infer(net(v.id, "test.prototxt"), TEST)
         assert ns.count("DetectionOutput") == 1
+
+
+def _random_caffemodel(net_param, path, seed=0):
+    """Weights of the right shapes (OpenCV needs blobs for every conv); BatchNorm factor 1."""
+    from scratchdet.caffe.blobs import array_to_blob
+    from scratchdet.caffe.schema import pb
+    rng = np.random.default_rng(seed)
+    weights = pb.NetParameter()
+    for ly in shapes.infer(net_param).layers:
+        if ly.param_shapes:
+            layer = weights.layer.add(name=ly.name, type=ly.type)
+            for i, shape in enumerate(ly.param_shapes):
+                a = rng.normal(0, 0.05, shape).astype(np.float32)
+                if ly.type == "BatchNorm":
+                    a = np.abs(a) + (1.0 if i == 2 else 0.5)
+                layer.blobs.append(array_to_blob(a))
+    path.write_bytes(weights.SerializeToString())
+
+
+@pytest.mark.parametrize("variant_id", ["demo_rootres", "voc07_rootres34_released"])
+def test_opencv_reads_the_deploy_net_and_its_priors_match_numpy(variant_id, tmp_path):
+    """OpenCV 4.x's Caffe importer (an independent PriorBox) runs the generated deploy net; every
+    prior it makes equals the spec's formula applied here to the generated parameters."""
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2.dnn, "readNetFromCaffe"):
+        pytest.skip("this OpenCV has no Caffe importer")
+    v = registry.get(variant_id)
+    path = REPO / "models" / v.dataset / v.id / "deploy.prototxt"
+    deploy = io.read_net(path)
+    _random_caffemodel(deploy, tmp_path / "w.caffemodel")
+    cvnet = cv2.dnn.readNetFromCaffe(str(path), str(tmp_path / "w.caffemodel"))
+    size = v.arch.input_size
+    cvnet.setInput(np.random.default_rng(1).uniform(-100, 100, (1, 3, size, size)).astype(np.float32))
+    priors, detections = cvnet.forward(["mbox_priorbox", "detection_out"])
+    ns = shapes.infer(deploy)
+    want = []
+    for lp in (lp for lp in deploy.layer if lp.type == "PriorBox"):
+        feat = ns.blobs[lp.bottom[0]]
+        want.append(numpy_priors(lp.prior_box_param, feat[2], feat[3], size, size, cells=feat[2] * feat[3]))
+    want = np.concatenate(want)
+    assert priors.shape == (1, 2, want.size) and len(want) == ns.priors
+    np.testing.assert_allclose(priors[0, 0].reshape(-1, 4), want, atol=1e-5)
+    np.testing.assert_allclose(priors[0, 1].reshape(-1, 4), np.tile([0.1, 0.1, 0.2, 0.2], (len(want), 1)), atol=1e-7)
+    assert detections.shape[-1] == 7
+    if variant_id == "voc07_rootres34_released":
+        # conv8_2/conv9_2 (the last 2 x 100 priors): 5x5 maps with steps 100 and 300 put 64 + 96
+        # priors' centres outside the image, the ones SSD300's 3x3 and 1x1 maps lack (released-code §4)
+        boxes = priors[0, 0].reshape(-1, 4)[-200:]
+        outside = ((boxes[:, 0] + boxes[:, 2]) / 2 > 1) | ((boxes[:, 1] + boxes[:, 3]) / 2 > 1)
+        assert outside.sum() == 160
