@@ -1,0 +1,430 @@
+"""The SSD fork's detection layers (caffe-ssd-spec §2.2-§2.6): PriorBox, MultiBoxLoss,
+DetectionOutput and DetectionEvaluate. Box arithmetic, matching and NMS come from
+``scratchdet.boxes``; the discrete decisions (matches, mined negatives, NMS survivors) are taken in
+numpy float32 on the CPU as Caffe does, the losses are torch expressions so autograd gives
+Caffe's gradients."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ... import boxes as bx
+from ...caffe.schema import pb
+from ...caffe.shapes import prior_box_counts
+from .base import Layer, register
+from .losses import normalization_mode
+
+_LOG_FLT_MIN = float(np.log(np.finfo(np.float32).tiny))
+_MB = pb.MultiBoxLossParameter
+_MODE = pb.LossParameter
+
+
+def _split_priors(priors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """[1, 2, 4P] PriorBox output -> (boxes [P, 4], variances [P, 4]) as float32 numpy."""
+    arr = priors.detach().to("cpu", torch.float32).numpy().reshape(2, -1, 4)
+    return arr[0], arr[1]
+
+
+def ground_truth(label: torch.Tensor, num: int, background: int, use_difficult: bool, where):
+    """GetGroundTruth: per image, (labels [G] int, boxes [G, 4], difficult [G] bool) from the
+    [1, 1, G, 8] label blob; rows with item_id -1 are padding."""
+    rows = label.detach().to("cpu", torch.float32).numpy().reshape(-1, 8)
+    out = []
+    for i in range(num):
+        r = rows[rows[:, 0] == i]
+        if len(r) and (r[:, 1].astype(np.int64) == background).any():
+            raise where.error("Found background label in the dataset.")
+        diff = r[:, 7] > 0
+        if not use_difficult:
+            r, diff = r[~diff], diff[~diff]
+        out.append((r[:, 1].astype(np.int64), r[:, 3:7].astype(np.float32), diff))
+    return out
+
+
+@register("PriorBox")
+class PriorBox(Layer):
+    """Prior boxes and variances of one feature map, [1, 2, H*W*num_priors*4]."""
+
+    def __init__(self, lp, phase, bottom_shapes, top_shapes):
+        super().__init__(lp, phase, bottom_shapes, top_shapes)
+        pp = lp.prior_box_param
+        self.aspect_ratios, self.per_cell = prior_box_counts(pp)
+        if len(pp.variance) == 4:
+            self.variance = [float(v) for v in pp.variance]
+        elif len(pp.variance) == 1:
+            self.variance = [float(pp.variance[0])] * 4
+        elif not pp.variance:
+            self.variance = [0.1] * 4
+        else:
+            raise self.error(f"needs 1 or 4 variance values, got {len(pp.variance)}")
+        if any(v <= 0 for v in self.variance):
+            raise self.error("variance must be positive")
+        if pp.HasField("img_size") and (pp.HasField("img_h") or pp.HasField("img_w")):
+            raise self.error("give either img_size or img_h/img_w")
+        if pp.HasField("step") and (pp.HasField("step_h") or pp.HasField("step_w")):
+            raise self.error("give either step or step_h/step_w")
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def compute(self, height: int, width: int, img_h: int, img_w: int) -> np.ndarray:
+        pp = self.lp.prior_box_param
+        if pp.HasField("img_size"):
+            img_h = img_w = int(pp.img_size)
+        elif pp.HasField("img_h") or pp.HasField("img_w"):
+            img_h, img_w = int(pp.img_h), int(pp.img_w)
+        if pp.HasField("step"):
+            step_h = step_w = float(pp.step)
+        elif pp.HasField("step_h") or pp.HasField("step_w"):
+            step_h, step_w = float(pp.step_h), float(pp.step_w)
+        else:
+            step_h = float(np.float32(img_h) / np.float32(height))
+            step_w = float(np.float32(img_w) / np.float32(width))
+        priors = bx.prior_boxes(height, width, img_h, img_w, step_h, step_w, list(pp.min_size),
+                                list(pp.max_size), self.aspect_ratios, float(pp.offset), bool(pp.clip))
+        var = np.tile(np.asarray(self.variance, dtype=np.float32), (len(priors), 1))
+        return np.stack([priors.reshape(-1), var.reshape(-1)])[None]
+
+    def forward(self, feature, image):
+        key = (tuple(feature.shape[2:]), tuple(image.shape[2:]), feature.device)
+        if key not in self._cache:
+            arr = self.compute(int(feature.shape[2]), int(feature.shape[3]), int(image.shape[2]), int(image.shape[3]))
+            self._cache[key] = torch.from_numpy(arr).to(feature.device)
+        return (self._cache[key],)
+
+
+@register("MultiBoxLoss")
+class MultiBoxLoss(Layer):
+    """Matching, hard negative mining and loc (smooth L1 / L2) + conf (softmax / logistic) loss,
+    normalized as ``loss_param`` says; only terms whose propagate_down is true are added."""
+
+    is_loss = True
+    default_propagate_down = (True, True, False, False)
+
+    def __init__(self, lp, phase, bottom_shapes, top_shapes):
+        super().__init__(lp, phase, bottom_shapes, top_shapes)
+        mp = lp.multibox_loss_param
+        if not mp.HasField("num_classes"):
+            raise self.error("multibox_loss_param.num_classes is required")
+        self.p = mp
+        self.num_classes = int(mp.num_classes)
+        self.bg = int(mp.background_label_id)
+        self.mining = int(mp.mining_type)
+        if mp.HasField("do_neg_mining"):
+            if mp.do_neg_mining != (self.mining != _MB.NONE):
+                raise self.error("do_neg_mining disagrees with mining_type")
+        if self.mining != _MB.NONE and not mp.share_location:
+            raise self.error("negative mining needs share_location: true")
+        if self.mining == _MB.HARD_EXAMPLE:
+            raise self.error("mining_type HARD_EXAMPLE is not supported by the torch engine (SSD uses MAX_NEGATIVE)")
+        if not mp.use_prior_for_matching:
+            raise self.error("use_prior_for_matching: false is not supported by the torch engine")
+        if mp.HasField("nms_param") and mp.nms_param.nms_threshold > 0 and self.mining == _MB.MAX_NEGATIVE:
+            raise self.error("nms_param in mining is not supported by the torch engine")
+        self.mode = normalization_mode(lp.loss_param)
+        pd = list(lp.propagate_down) or list(self.default_propagate_down)
+        if len(pd) > 2 and (pd[2] or pd[3]):
+            raise self.error("cannot backpropagate to prior boxes or labels")
+        self.use_loc, self.use_conf = bool(pd[0]), bool(pd[1])
+        self.last_num_matches = 0
+
+    def _match(self, priors, gts):
+        """Per image: (match_index [P], match_overlap [P]) of the unclipped priors."""
+        out = []
+        for labels, gboxes, _ in gts:
+            if len(labels) == 0:
+                out.append(None)
+                continue
+            out.append(bx.match(priors, gboxes, float(self.p.overlap_threshold), int(self.p.match_type),
+                                bool(self.p.ignore_cross_boundary_bbox)))
+        return out
+
+    def forward(self, loc, conf, priors, label):
+        mp = self.p
+        num = loc.shape[0]
+        c = self.num_classes
+        prior_boxes, variances = _split_priors(priors)
+        n_p = len(prior_boxes)
+        loc_classes = 1 if mp.share_location else c
+        loc = loc.reshape(num, n_p, loc_classes, 4)
+        conf = conf.reshape(num, n_p, c)
+        gts = ground_truth(label, num, self.bg, bool(mp.use_difficult_gt), self)
+        matches = self._match(prior_boxes, gts)
+        num_matches = sum(int((m[0] > -1).sum()) for m in matches if m is not None)
+
+        # -- mining: rank every prior by its softmax/logistic loss against the bg label ---------
+        neg_sel: list[np.ndarray] = []
+        if self.mining == _MB.MAX_NEGATIVE:
+            target = torch.full((num, n_p), self.bg, dtype=torch.long, device=conf.device)
+            for i, m in enumerate(matches):
+                if m is not None:
+                    pos = np.flatnonzero(m[0] > -1)
+                    lab = gts[i][0][m[0][pos]]
+                    if mp.map_object_to_agnostic:
+                        lab = np.full_like(lab, self.bg + 1)
+                    target[i, torch.from_numpy(pos).to(conf.device)] = torch.from_numpy(lab).to(conf.device)
+            with torch.no_grad():
+                if mp.conf_loss_type == _MB.SOFTMAX:
+                    logp = torch.log_softmax(conf.float(), dim=2).gather(2, target[..., None])[..., 0]
+                    rank = -logp.clamp_min(_LOG_FLT_MIN)
+                else:
+                    onehot = torch.nn.functional.one_hot(target, c).float()
+                    rank = torch.nn.functional.binary_cross_entropy_with_logits(
+                        conf.float(), onehot, reduction="none").sum(2)
+            rank = rank.cpu().numpy()
+            for i, m in enumerate(matches):
+                if m is None:
+                    neg_sel.append(np.zeros(0, dtype=np.int64))
+                    continue
+                index, overlap = m
+                eligible = np.flatnonzero((index == -1) & (overlap < np.float32(mp.neg_overlap)))
+                n_pos = int((index > -1).sum())
+                n_sel = min(int(n_pos * float(np.float32(mp.neg_pos_ratio))), len(eligible))
+                order = np.argsort(-rank[i, eligible], kind="stable")[:n_sel]
+                neg_sel.append(np.sort(eligible[order]))
+
+        z = self._normalizer(num, n_p, num_matches)
+        loss = loc.new_zeros(())
+        # -- localization ---------------------------------------------------------------------
+        if self.use_loc and num_matches > 0:
+            img_idx, prior_idx, cls_idx, targets = [], [], [], []
+            for i, m in enumerate(matches):
+                if m is None:
+                    continue
+                pos = np.flatnonzero(m[0] > -1)
+                g = m[0][pos]
+                img_idx.append(np.full(len(pos), i))
+                prior_idx.append(pos)
+                cls_idx.append(np.zeros(len(pos), dtype=np.int64) if mp.share_location else gts[i][0][g])
+                targets.append(gts[i][1][g])
+            img_idx, prior_idx, cls_idx = (np.concatenate(a) for a in (img_idx, prior_idx, cls_idx))
+            gt_boxes = np.concatenate(targets)
+            enc = bx.encode(prior_boxes[prior_idx], variances[prior_idx], gt_boxes, int(mp.code_type),
+                            bool(mp.encode_variance_in_target))
+            dev = loc.device
+            pred = loc[torch.from_numpy(img_idx).to(dev), torch.from_numpy(prior_idx).to(dev),
+                       torch.from_numpy(cls_idx).to(dev)]
+            tgt = torch.from_numpy(np.ascontiguousarray(enc, dtype=np.float32)).to(pred.device)
+            if mp.bp_inside:
+                outside = torch.from_numpy((gt_boxes < 0) | (gt_boxes > 1)).to(pred.device)
+                pred = torch.where(outside, tgt, pred)
+            if mp.encode_variance_in_target:
+                v = torch.from_numpy(variances[prior_idx]).to(pred.device)
+                pred, tgt = pred / v, tgt / v
+            d = pred - tgt
+            if mp.loc_loss_type == _MB.SMOOTH_L1:
+                a = d.abs()
+                loc_loss = torch.where(a < 1, 0.5 * d * d, a - 0.5).sum()
+            else:
+                loc_loss = 0.5 * (d * d).sum()
+            loss = loss + float(mp.loc_weight) * loc_loss / z
+        # -- confidence -----------------------------------------------------------------------
+        if self.use_conf:
+            rows_img, rows_prior, rows_label = [], [], []
+            for i, m in enumerate(matches):
+                if self.mining == _MB.NONE:
+                    lab = np.full(n_p, self.bg, dtype=np.int64)
+                    if m is not None:
+                        pos = np.flatnonzero(m[0] > -1)
+                        lab[pos] = self._pos_labels(gts[i][0][m[0][pos]])
+                    rows_img.append(np.full(n_p, i))
+                    rows_prior.append(np.arange(n_p))
+                    rows_label.append(lab)
+                    continue
+                if m is None:
+                    continue
+                pos = np.flatnonzero(m[0] > -1)
+                neg = neg_sel[i]
+                rows_img.append(np.full(len(pos) + len(neg), i))
+                rows_prior.append(np.concatenate([pos, neg]))
+                rows_label.append(np.concatenate([self._pos_labels(gts[i][0][m[0][pos]]),
+                                                  np.full(len(neg), self.bg, dtype=np.int64)]))
+            if rows_img and sum(len(r) for r in rows_img):
+                ri, rp, rl = (torch.from_numpy(np.concatenate(a).astype(np.int64)) for a in (rows_img, rows_prior, rows_label))
+                logits = conf[ri.to(conf.device), rp.to(conf.device)]
+                rl = rl.to(conf.device)
+                if mp.conf_loss_type == _MB.SOFTMAX:
+                    picked = torch.log_softmax(logits, dim=1).gather(1, rl[:, None])[:, 0]
+                    clamped = picked.clamp_min(_LOG_FLT_MIN)
+                    picked = picked + (clamped - picked).detach()   # Caffe clamps the value only
+                    conf_loss = -picked.sum()
+                else:
+                    onehot = torch.nn.functional.one_hot(rl, c).to(logits.dtype)
+                    conf_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, onehot, reduction="sum")
+                loss = loss + conf_loss / z
+        self.last_num_matches = num_matches
+        return (loss,)
+
+    def _pos_labels(self, labels: np.ndarray) -> np.ndarray:
+        if self.p.map_object_to_agnostic:
+            return np.full_like(labels, self.bg + 1)
+        return labels
+
+    def _normalizer(self, num: int, n_p: int, num_matches: int) -> float:
+        if self.mode == _MODE.FULL:
+            z = num * n_p
+        elif self.mode == _MODE.VALID:
+            z = num_matches
+        elif self.mode == _MODE.BATCH_SIZE:
+            z = num
+        else:
+            z = 1
+        return float(max(z, 1))
+
+
+@register("DetectionOutput")
+class DetectionOutput(Layer):
+    """Decode, per-class NMS (top_k candidates), keep_top_k over classes: rows
+    [image, label, score, xmin, ymin, xmax, ymax], [1, 1, K, 7]."""
+
+    def __init__(self, lp, phase, bottom_shapes, top_shapes):
+        super().__init__(lp, phase, bottom_shapes, top_shapes)
+        dp = lp.detection_output_param
+        if not dp.HasField("num_classes"):
+            raise self.error("detection_output_param.num_classes is required")
+        self.num_classes = int(dp.num_classes)
+        self.bg = int(dp.background_label_id)
+        nms = dp.nms_param
+        self.nms_threshold = float(nms.nms_threshold)
+        self.top_k = int(nms.top_k) if nms.HasField("top_k") else -1
+        self.eta = float(nms.eta)
+        if self.nms_threshold < 0:
+            raise self.error("nms_threshold must be non-negative")
+        if not 0 < self.eta <= 1:
+            raise self.error("eta must be in (0, 1]")
+        self.conf_threshold = float(dp.confidence_threshold) if dp.HasField("confidence_threshold") else None
+        self.keep_top_k = int(dp.keep_top_k)
+        self.code_type = int(dp.code_type)
+        self.var_in_target = bool(dp.variance_encoded_in_target)
+        self.share_location = bool(dp.share_location)
+
+    def detect(self, loc: np.ndarray, conf: np.ndarray, priors: np.ndarray, variances: np.ndarray) -> np.ndarray:
+        """Rows [K, 7] for a batch given numpy loc [N, P, L, 4] and conf [N, P, C]."""
+        rows = []
+        for i in range(loc.shape[0]):
+            per_class = []
+            for c in range(self.num_classes):
+                if c == self.bg:
+                    continue
+                li = 0 if self.share_location else c
+                decoded = bx.decode(priors, variances, loc[i, :, li], self.code_type, self.var_in_target)
+                scores = conf[i, :, c]
+                keep = bx.nms(decoded, scores, self.nms_threshold, self.top_k, self.eta, self.conf_threshold)
+                per_class.append((c, keep, scores[keep], decoded[keep]))
+            total = sum(len(k) for _, k, _, _ in per_class)
+            if self.keep_top_k > -1 and total > self.keep_top_k:
+                flat = [(s, c, j) for c, keep, sc, _ in per_class for j, s in enumerate(sc)]
+                order = sorted(range(len(flat)), key=lambda k: -flat[k][0])[:self.keep_top_k]
+                chosen: dict[int, list[int]] = {}
+                for k in order:                       # score order within each class
+                    chosen.setdefault(flat[k][1], []).append(flat[k][2])
+                per_class = [(c, keep[chosen[c]], sc[chosen[c]], dec[chosen[c]])
+                             for c, keep, sc, dec in per_class if c in chosen]
+            for c, keep, sc, dec in per_class:
+                for j in range(len(keep)):
+                    rows.append([i, c, sc[j], *dec[j]])
+        if not rows:
+            out = np.full((loc.shape[0], 7), -1, dtype=np.float32)
+            out[:, 0] = np.arange(loc.shape[0])
+            return out
+        return np.asarray(rows, dtype=np.float32)
+
+    def forward(self, loc, conf, priors):
+        num = loc.shape[0]
+        pbox, var = _split_priors(priors)
+        n_p = len(pbox)
+        loc_np = loc.detach().to("cpu", torch.float32).numpy().reshape(num, n_p, -1, 4)
+        conf_np = conf.detach().to("cpu", torch.float32).numpy().reshape(num, n_p, self.num_classes)
+        rows = self.detect(loc_np, conf_np, pbox, var)
+        return (torch.from_numpy(rows).reshape(1, 1, -1, 7).to(loc.device),)
+
+
+@register("DetectionEvaluate")
+class DetectionEvaluate(Layer):
+    """Per-class gt counts then one [image, label, score, tp, fp] row per detection, [1, 1, R, 5]."""
+
+    def __init__(self, lp, phase, bottom_shapes, top_shapes):
+        super().__init__(lp, phase, bottom_shapes, top_shapes)
+        ep = lp.detection_evaluate_param
+        if not ep.HasField("num_classes"):
+            raise self.error("detection_evaluate_param.num_classes is required")
+        if ep.overlap_threshold <= 0:
+            raise self.error("overlap_threshold must be positive")
+        self.num_classes = int(ep.num_classes)
+        self.bg = int(ep.background_label_id)
+        self.threshold = np.float32(ep.overlap_threshold)
+        self.evaluate_difficult = bool(ep.evaluate_difficult_gt)
+        self.sizes: list[tuple[int, int]] = []
+        if ep.name_size_file:
+            self.sizes = read_name_sizes(ep.name_size_file, self)
+        if ep.HasField("resize_param"):
+            raise self.error("resize_param is not supported by the torch engine")
+        self.count = 0
+
+    def forward(self, detections, label):
+        dets = detections.detach().to("cpu", torch.float32).numpy().reshape(-1, 7)
+        gt = label.detach().to("cpu", torch.float32).numpy().reshape(-1, 8)
+        gt = gt[gt[:, 0] != -1]
+        rows = []
+        for c in range(self.num_classes):
+            if c == self.bg:
+                continue
+            g = gt[gt[:, 1] == c]
+            n = len(g) if self.evaluate_difficult else int((g[:, 7] == 0).sum())
+            rows.append([-1, c, n, -1, -1])
+        normalized = not self.sizes
+        # every image with a row (the all-empty batch's -1 rows included) advances the size line
+        for image in sorted({int(v) for v in dets[:, 0] if v != -1}):
+            d_img = dets[(dets[:, 0] == image) & (dets[:, 1] != -1)]
+            g_img = gt[gt[:, 0] == image]
+            for c in sorted({int(v) for v in d_img[:, 1] if v != -1}):
+                d = d_img[d_img[:, 1] == c]
+                d = d[np.argsort(-d[:, 2], kind="stable")]
+                g = g_img[g_img[:, 1] == c]
+                if len(g) == 0:
+                    rows.extend([image, c, s, 0, 1] for s in d[:, 2])
+                    continue
+                dbox, gbox = d[:, 3:7], g[:, 3:7]
+                if not normalized:
+                    h, w = self.sizes[self.count]
+                    scale = np.asarray([w, h, w, h], dtype=np.float32)
+                    dbox, gbox = bx.clip(dbox) * scale, bx.clip(gbox) * scale
+                iou = bx.jaccard(dbox, gbox, normalized)
+                visited = np.zeros(len(g), dtype=bool)
+                for k in range(len(d)):
+                    j = int(np.argmax(iou[k]))
+                    if iou[k, j] >= self.threshold:
+                        if self.evaluate_difficult or g[j, 7] == 0:
+                            if not visited[j]:
+                                visited[j] = True
+                                rows.append([image, c, d[k, 2], 1, 0])
+                            else:
+                                rows.append([image, c, d[k, 2], 0, 1])
+                        else:
+                            rows.append([image, c, d[k, 2], 0, 0])
+                    else:
+                        rows.append([image, c, d[k, 2], 0, 1])
+            if self.sizes:
+                self.count = (self.count + 1) % len(self.sizes)
+        out = np.asarray(rows, dtype=np.float32).reshape(1, 1, -1, 5)
+        return (torch.from_numpy(out).to(detections.device),)
+
+
+def read_name_sizes(path: str, where) -> list[tuple[int, int]]:
+    """``name height width`` lines of a name_size_file as (height, width)."""
+    p = Path(path)
+    if not p.is_file():
+        raise where.error(f"name_size_file {path} not found")
+    sizes = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3:
+            raise where.error(f"{path}:{n}: expected 'name height width', got {line!r}")
+        try:
+            sizes.append((int(parts[1]), int(parts[2])))
+        except ValueError:
+            raise where.error(f"{path}:{n}: height and width must be integers, got {line!r}") from None
+    return sizes
