@@ -159,3 +159,38 @@ def test_bad_enum_value_is_one_line(tmp_path):
     with pytest.raises(ScratchDetError) as exc:
         io.read_solver(path)
     assert "\n" not in str(exc.value) and "TPU" in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_to_text_round_trips_float32_values_exactly():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    values = [0.1, 1e-10, 0.0005, 20.0, 0.001, 1e-05, 2.76248, 104.0, 3.4028234663852886e38, 1.4e-45]
+    values += [float(v) for v in rng.standard_normal(200).astype(np.float32) * 10.0 ** rng.integers(-12, 12, 200)]
+    for v in values:
+        f32 = float(np.float32(v))
+        msg = pb.NormalizeParameter(eps=f32)               # eps is a float (32-bit) field
+        back = io.parse_text(io.to_text(msg), pb.NormalizeParameter)
+        assert np.float32(back.eps) == np.float32(f32), (v, io.to_text(msg))
+    sp = pb.SolverParameter(base_lr=0.1, weight_decay=0.0005, delta=1e-10, gamma=20.0)
+    text = io.to_text(sp)
+    assert "base_lr: 0.1\n" in text and "weight_decay: 0.0005\n" in text and "delta: 1e-10\n" in text
+    assert io.parse_text(text, pb.SolverParameter) == sp
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_atomic_writes_get_the_modes_a_plain_open_gives(tmp_path, mask):
+    import os
+    import stat
+    old = os.umask(mask)
+    try:
+        io.atomic_write_bytes(tmp_path / "a.bin", b"x")
+        io.write_text(pb.SolverParameter(base_lr=0.1), tmp_path / "solver.prototxt")
+        io.write_binary(pb.SolverParameter(base_lr=0.1), tmp_path / "b.binaryproto")
+        (tmp_path / "plain").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    expect = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert expect == 0o666 & ~mask
+    for name in ("a.bin", "solver.prototxt", "b.binaryproto"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expect, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.binaryproto", "plain", "solver.prototxt"]

@@ -187,3 +187,17 @@ def test_solverstate_round_trip(tmp_path):
     with pytest.raises(ScratchDetError, match="s_iter_10.solverstate"):
         read_solverstate(path)
     assert not list(tmp_path.glob(".*tmp"))                            # no temporary files left behind
+
+
+def test_snapshots_get_the_modes_a_plain_open_gives(tmp_path):
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        save_caffemodel(make_net(), tmp_path / "m.caffemodel")
+        write_solverstate(tmp_path / "m.solverstate", iter=1, learned_net="m.caffemodel")
+    finally:
+        os.umask(old)
+    for name in ("m.caffemodel", "m.solverstate"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+

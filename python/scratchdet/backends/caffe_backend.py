@@ -16,8 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from google.protobuf import text_format
-
 from ..caffe import io
 from ..engine import distributed as D
 from ..engine import glog
@@ -25,11 +23,6 @@ from ..errors import ScratchDetError
 
 NONFINITE_LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = (-?nan|-?inf)", re.IGNORECASE)
 TEST_OUTPUT = re.compile(r"Test net output #\d+: (\S+) = (\S+)")
-
-
-def _write_text(msg, path) -> None:
-    # text_format directly: io.to_text passes float_format, which protobuf 7 no longer accepts
-    io.atomic_write_bytes(path, text_format.MessageToString(msg).encode())
 
 
 def find_caffe() -> str:
@@ -111,7 +104,7 @@ def _solver_copy(args, sp, placement: D.Placement, where: Path) -> str:
     if not changed:
         return args.solver
     path = where / "solver.caffe.prototxt"
-    _write_text(sp, path)
+    io.write_text(sp, path)
     return str(path)
 
 
@@ -169,7 +162,7 @@ def test(args) -> int:
     import tempfile
     with tempfile.TemporaryDirectory(prefix="scratchdet_caffe_test_") as tmp:
         solver = Path(tmp) / "solver.prototxt"
-        _write_text(sp, solver)
+        io.write_text(sp, solver)
         cmd = [exe, "train", f"--solver={solver}", f"--weights={args.weights}"] + _gpu_flag(placement)[:1]
         out_lines: list[str] = []
         log_path = Path(args.log) if args.log else Path(tmp) / "test.log"

@@ -2,7 +2,8 @@
 
 Every reader turns protobuf's exceptions into a one-line ``ScratchDetError`` naming the file,
 line and field; every writer writes a temporary file and renames it, so a failed write never
-leaves a partial file behind.
+leaves a partial file behind. ``tempfile`` makes private temporaries (0600 files, 0700 folders);
+``make_public`` gives what is renamed into place the modes a plain open/mkdir would (by the umask).
 """
 from __future__ import annotations
 
@@ -45,17 +46,48 @@ def read_text(path, message_type):
 
 
 def to_text(msg) -> str:
-    return text_format.MessageToString(msg, float_format=".9g")
+    """Text format as Caffe reads it. protobuf prints a float field with the fewest digits that
+    parse back to the same float32 (``0.1``, ``1e-10``, ``20.0``) and a double with ``repr``, so
+    every value round-trips exactly."""
+    return text_format.MessageToString(msg)
+
+
+def umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_public(path) -> None:
+    """Give ``path`` (and, for a folder, everything inside) the modes a plain open/mkdir would."""
+    path = Path(path)
+    mask = umask()
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for sub in path.rglob("*"):
+            os.chmod(sub, (0o777 if sub.is_dir() else 0o666) & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename; the
+    file gets the modes a plain open would give it (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        make_public(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -5,14 +5,9 @@ convert_annoset matches ``LabelMapItem.name`` against the XML ``<name>`` (VOC) o
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from google.protobuf import text_format
-
 from ..caffe import io
 from ..caffe.schema import pb
 from ..errors import ScratchDetError
-from .files import write_atomic
 
 BACKGROUND_NAME = "none_of_the_above"   # item 0 of every SSD label map
 
@@ -64,6 +59,4 @@ def label_to_display_name(labelmap: pb.LabelMap) -> dict[int, str]:
 
 
 def write(labelmap: pb.LabelMap, path) -> None:
-    # A label map has no floats, so protobuf's plain text printer is exact (and, unlike
-    # ``io.to_text``'s float_format argument, available in every protobuf version).
-    write_atomic(Path(path), text_format.MessageToString(labelmap).encode())
+    io.write_text(labelmap, path)
