@@ -201,3 +201,27 @@ def test_snapshots_get_the_modes_a_plain_open_gives(tmp_path):
     for name in ("m.caffemodel", "m.solverstate"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
 
+
+# -- Normalize's scale: [C], or a 0-axis scalar when channel_shared (spec §2.7, §7) ------------------
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_normalize_scale_shape_agrees_in_shapes_engine_and_caffemodel(tmp_path, shared):
+    from scratchdet.caffe import shapes
+    text = NET.replace("norm_param {", f"norm_param {{ channel_shared: {str(shared).lower()}")
+    param = parse_text(text, pb.NetParameter)
+    want = () if shared else (4,)
+    inferred = shapes.infer(param, TRAIN).layer("norm")
+    assert inferred.param_shapes == [want] and inferred.learnable == (1 if shared else 4)
+    net = Net(param, TRAIN, seed=0)
+    assert [tuple(t.shape) for t in net.layer("norm").blobs()] == [want]
+    for ly in shapes.infer(param, TRAIN).layers:           # every layer: shapes.py == the engine
+        if ly.param_shapes:
+            assert [tuple(t.shape) for t in net.layer(ly.name).blobs()] == [tuple(s) for s in ly.param_shapes], ly.name
+    save_caffemodel(net, tmp_path / "m.caffemodel")
+    blob = next(lp for lp in read_caffemodel(tmp_path / "m.caffemodel").layer if lp.name == "norm").blobs[0]
+    assert blob.HasField("shape") == (not shared)            # Blob::ToProto: no shape field for 0 axes
+    assert list(blob.data) == [20.0] * (1 if shared else 4)
+    assert blob_to_array(blob).shape == want
+    other = Net(param, TRAIN, seed=1)
+    load_caffemodel(other, tmp_path / "m.caffemodel")
+    assert tuple(other.layer("norm").blobs()[0].shape) == want

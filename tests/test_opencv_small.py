@@ -73,3 +73,27 @@ def test_every_layer_agrees_with_opencv(tmp_path):
     # the checks mean something: the net's outputs are not trivial
     assert ours["pool2"][0].shape[2:] == (7, 7) and ours["pool1"][0].shape[2:] == (7, 7)
     assert float(ours["prob"][0].detach().std()) > 0.05
+
+
+@pytest.mark.parametrize("across_spatial", [True, False])
+def test_channel_shared_normalize_0_axis_scale_reads_in_opencv(tmp_path, across_spatial):
+    """Normalize with channel_shared (the default): our caffemodel holds its scale as a 0-axis blob
+    (no shape field, one value), as Caffe writes it; OpenCV reads it and agrees."""
+    text = f"""name: "normnet"
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 2 dim: 4 dim: 5 dim: 6 }} }} }}
+layer {{ name: "norm" type: "Normalize" bottom: "data" top: "norm" norm_param {{
+  across_spatial: {str(across_spatial).lower()} scale_filler {{ type: "constant" value: 7.5 }} }} }}
+"""
+    net = Net(parse_text(text, pb.NetParameter), TEST, seed=0)
+    assert tuple(net.layer("norm").blobs()[0].shape) == ()
+    (tmp_path / "deploy.prototxt").write_text(text)
+    save_caffemodel(net, tmp_path / "w.caffemodel")
+    x = np.random.default_rng(1).standard_normal((2, 4, 5, 6)).astype(np.float32)
+    mine = net.forward({"data": torch.from_numpy(x)})["norm"].detach().numpy()
+    cv = cv2.dnn.readNetFromCaffe(str(tmp_path / "deploy.prototxt"), str(tmp_path / "w.caffemodel"))
+    cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    cv.setInput(x)
+    theirs = cv.forward("norm")
+    np.testing.assert_allclose(theirs.reshape(mine.shape), mine, rtol=1e-4, atol=1e-5)
+    assert float(np.abs(mine).max()) > 1.0           # the scale 7.5 was applied

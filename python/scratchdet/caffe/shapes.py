@@ -193,8 +193,9 @@ def _layer(lp, bottom_shapes, where):  # noqa: C901 - one branch per Caffe layer
         tops = [b0]
     elif t == "Normalize":
         c = b0[1]
-        ls.param_shapes = [(1,) if lp.norm_param.channel_shared else (c,)]
-        ls.learnable = ls.param_shapes[0][0]
+        # scale: [C], or a 0-axis scalar (one value) when channel_shared (spec §2.7)
+        ls.param_shapes = [() if lp.norm_param.channel_shared else (c,)]
+        ls.learnable = _prod(ls.param_shapes[0])
         tops = [b0]
     elif t in ("ReLU", "Dropout", "Sigmoid", "TanH", "Softmax", "Split", "AbsVal", "Power"):
         tops = [b0] * max(1, len(lp.top))
