@@ -76,3 +76,43 @@ def test_unknown_experiment_is_one_line_error():
     proc, _ = run_cli(["run", "voc07_rootres99"], {})
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "voc07_rootres99" in proc.stderr
+
+
+def test_demo_dry_run_sequence_and_sample_images_placeholder(tmp_path):
+    env = {"DRY_RUN": "1", "SYNTH_ROOT": str(tmp_path / "synthetic")}
+    proc, _ = run_cli(["run", "demo", "--images", "300"], env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    cmds = [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    verbs = [c.split()[1] for c in cmds]
+    assert verbs[-5:] == ["gen", "train", "detect", "compare", "plot"]
+    assert "--set num_test_image=60" in cmds[-5]               # 300 images, every 5th held out
+    assert cmds[-3].endswith("{sample_test_images}")
+
+
+def test_diverged_training_is_recorded_and_the_plan_goes_on(monkeypatch, capsys):
+    from scratchdet import pipeline
+    calls = []
+
+    def fake_call(argv):
+        calls.append(argv)
+        return 3 if "train" in argv and "models/a/solver.prototxt" in argv else 0
+
+    monkeypatch.setattr(pipeline.subprocess, "call", fake_call)
+    plan = pipeline.Plan("t", commands=[
+        "scratchdet train --solver models/a/solver.prototxt --gpu cpu --log runs/a/train.log",
+        "scratchdet detect --model models/a/deploy.prototxt --weights runs/a/x.caffemodel --out d img.jpg",
+        "scratchdet train --solver models/ab/solver.prototxt --gpu cpu --log runs/ab/train.log",
+        "scratchdet detect --model models/ab/deploy.prototxt --weights runs/ab/x.caffemodel --out d img.jpg",
+        "scratchdet compare runs/a/train.log runs/ab/train.log"])
+    assert pipeline.run_plan(plan, dry_run=False) == 0
+    assert len(calls) == 4                                     # a's detect skipped, everything else ran
+    assert not any("models/a/deploy.prototxt" in " ".join(a) for a in calls)
+    assert any("models/ab/deploy.prototxt" in " ".join(a) for a in calls)
+    assert "diverged" in capsys.readouterr().err
+
+
+def test_other_failures_stop_the_plan(monkeypatch):
+    from scratchdet import pipeline
+    monkeypatch.setattr(pipeline.subprocess, "call", lambda argv: 1)
+    plan = pipeline.Plan("t", commands=["scratchdet gen x", "scratchdet train --solver s/solver.prototxt"])
+    assert pipeline.run_plan(plan, dry_run=False) == 1

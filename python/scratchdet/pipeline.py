@@ -62,7 +62,7 @@ DATA = {
               for u in COCO_URLS)),
     "synthetic": DataSpec(
         "synthetic", ("synthetic_trainval_lmdb", "synthetic_test_lmdb"), "SYNTH_ROOT", "data/synthetic",
-        "ImageSets", "scratchdet data synthetic --out {raw} --images {images} --seed 0 --lmdb {lmdb}"),
+        "SYNTH/ImageSets", "scratchdet data synthetic --out {raw} --images {images} --seed 0 --lmdb {lmdb}"),
 }
 
 # make target -> (data key, variant ids)
@@ -156,45 +156,79 @@ def _solver_outputs(solver_path: str) -> tuple[str, int]:
     return sp.snapshot_prefix, sp.max_iter
 
 
+SAMPLE_IMAGES = "{sample_test_images}"   # expanded when the command runs (the data set exists by then)
+DEMO_SAMPLES = 6
+EXIT_DIVERGED = 3                          # scratchdet train: the loss became non-finite (recorded as NAN)
+
+
 def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = 600, detect: bool = True,
               name: str = "demo") -> Plan:
     """The main job at toy scale on the embedded synthetic data, on whatever hardware is here."""
+    from .data.synthetic import TEST_EVERY
     spec = DATA["synthetic"]
     plan = Plan(name)
     raw = os.environ.get(spec.raw_env) or spec.raw_default
     if any(not (Path(LMDB_DIR) / d / "data.mdb").exists() for d in spec.lmdbs):
         plan.commands.append(spec.build.format(raw=raw, lmdb=LMDB_DIR, images=images))
+    elif images != 600:
+        plan.notes.append(f"the synthetic LMDBs exist already and are used as they are (--images {images} "
+                          "applies when they are made; `make clean-demo` removes them)")
+    # the demo nets assume 600 images (120 held out); other counts get a matching test pass
+    sets = "" if images == 600 else f" --set num_test_image={images // TEST_EVERY}"
     gpu, _ = gpu_flag(1)
     logs = []
     for vid in variants:
         model_dir, run_dir = f"models/synthetic/{vid}", f"runs/synthetic/{vid}"
-        plan.commands.append(f"scratchdet gen {vid} --out models")
+        plan.commands.append(f"scratchdet gen {vid} --out models{sets}")
         plan.commands.append(f"scratchdet train --solver {model_dir}/solver.prototxt --gpu {gpu} "
                              f"--log {run_dir}/train.log")
         logs.append(f"{run_dir}/train.log")
         if detect:
             prefix, max_iter = _solver_outputs(f"{model_dir}/solver.prototxt")
-            images_glob = f"{raw}/SYNTH/JPEGImages"
             plan.commands.append(
                 f"scratchdet detect --model {model_dir}/deploy.prototxt --weights {prefix}_iter_{max_iter}.caffemodel "
-                f"--labelmap data/labelmap_synthetic.prototxt --out {run_dir}/detections "
-                f"--from-list {raw}/SYNTH/ImageSets/Main/test.txt --images-dir {images_glob} --limit 6")
+                f"--labelmap data/labelmap_synthetic.prototxt --out {run_dir}/detections {SAMPLE_IMAGES}")
     plan.commands.append(f"scratchdet compare {' '.join(logs)}")
     plan.commands.append(f"scratchdet plot {' '.join(logs)} --out runs/synthetic/{name}_plots")
     return plan
 
 
+def sample_test_images(raw: str, count: int = DEMO_SAMPLES) -> list[str]:
+    """The first ``count`` held-out images of the synthetic set, as paths."""
+    listing = Path(raw) / "SYNTH" / "ImageSets" / "Main" / "test.txt"
+    if not listing.is_file():
+        raise ScratchDetError(f"{listing}: no test list (make the synthetic data set first)")
+    names = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()][:count]
+    return [str(Path(raw) / "SYNTH" / "JPEGImages" / f"{n}.jpg") for n in names]
+
+
 def run_plan(plan: Plan, dry_run: bool) -> int:
+    """Run the commands in order. A training run that diverges (exit 3) is a result, as in the
+    paper's Table 1: it is reported, the rest of that variant is skipped, and the plan goes on to
+    the score card and plots. Any other failure stops the plan."""
     for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
     exe = shutil.which("scratchdet") or f"{sys.executable} -m scratchdet"
+    diverged: list[str] = []
     for cmd in plan.commands:
+        if any(f"--model {d}/" in cmd for d in diverged):
+            print(f"- skipped (its training diverged): {cmd}", flush=True)
+            continue
         print(f"+ {cmd}", flush=True)
         if dry_run:
             continue
         argv = shlex.split(cmd)
+        if SAMPLE_IMAGES in argv:
+            i = argv.index(SAMPLE_IMAGES)
+            raw = os.environ.get(DATA["synthetic"].raw_env) or DATA["synthetic"].raw_default
+            argv[i:i + 1] = sample_test_images(raw)
         argv = shlex.split(exe) + argv[1:] if argv[0] == "scratchdet" else argv
         rc = subprocess.call(argv)
+        if rc == EXIT_DIVERGED and argv[len(shlex.split(exe))] == "train":
+            solver = argv[argv.index("--solver") + 1]
+            diverged.append(str(Path(solver).parent))
+            print(f"scratchdet run: training diverged (recorded as NAN): {cmd}", file=sys.stderr)
+            continue
         if rc != 0:
             print(f"scratchdet run: '{cmd}' failed (exit {rc}); stopping", file=sys.stderr)
             return rc
