@@ -274,6 +274,7 @@ def test_log_lines_parse_with_caffe_regexes_in_caffe_order(standin, tmp_path, lm
     assert sum(re.search(r"speed = \S+ iter/s, \S+ images/s, ETA \d+:\d\d:\d\d", ln) is not None for ln in lines) == 3
     tests = [i for i, ln in enumerate(lines) if TEST_OUT.search(ln)]
     assert len(tests) == 3                                         # at 0 (test_initialization), 4 and 8
+    assert not any(lines[i].endswith("loss)") for i in tests)      # "err" has no loss weight: no suffix
     # order at a test iteration: Testing net -> Test net output -> Iteration N, loss -> Train output -> lr
     k = lines.index("Iteration 4, Testing net (#0)")
     assert TEST_OUT.search(lines[k + 1]) and LOSS.search(lines[k + 2]) and TRAIN_OUT.search(lines[k + 3])
@@ -281,6 +282,30 @@ def test_log_lines_parse_with_caffe_regexes_in_caffe_order(standin, tmp_path, lm
     assert any(ln.startswith("Snapshotting solver state to binary proto file ") and ln.endswith("_iter_8.solverstate")
                for ln in lines)
     assert lines[-1] == "Optimization Done."
+
+
+def test_test_outputs_with_a_loss_weight_print_the_weighted_loss(standin, tmp_path, lmdb_path, monkeypatch):
+    """Solver::Test: ``Test net output #0: err = v (* w = w*v loss)`` for a loss output (spec §5.5),
+    in the training log and in ``scratchdet test``'s."""
+    from scratchdet.engine.train import score
+    monkeypatch.setattr(StandInNet, "loss_outputs",
+                        lambda self, blobs: [("loss", 1.0, blobs["loss"])] if self.phase == TRAIN
+                        else [("err", 2.5, blobs["err"])])
+    solver = make_solver(tmp_path, lmdb_path, max_iter=0, test_interval=1)
+    t = trainer(solver)
+    t.solve()
+    t.close()
+    suffixed = re.compile(r"\]     Test net output #0: err = (\S+) \(\* 2\.5 = (\S+) loss\)$")
+    found = [m for m in map(suffixed.search, t.log.path.read_text().splitlines()) if m]
+    assert len(found) == 1
+    v, weighted = float(found[0].group(1)), float(found[0].group(2))
+    assert weighted == pytest.approx(2.5 * v, rel=1e-5) and v > 0
+    assert TEST_OUT.search(found[0].string)                         # Caffe's parse_log.py still reads it
+    lines = []
+    score(str(tmp_path / "net.prototxt"), None, 2, eval_type="classification",
+          log=lambda level, tag, msg: lines.append(msg), progress=False)
+    outs = [m for m in (suffixed.search("] " + ln) for ln in lines if "Test net output" in ln)]
+    assert len(outs) == 1 and outs[0] and float(outs[0].group(2)) == pytest.approx(2.5 * float(outs[0].group(1)), rel=1e-5)
 
 
 def test_non_finite_loss_stops_the_run_as_nan(standin, tmp_path, lmdb_path, monkeypatch):

@@ -179,24 +179,34 @@ def detection_map(rows_per_pass: list[np.ndarray], ap_version: str, log=None, sh
     return total / len(num_pos)
 
 
+def output_line(phase: str, k: int, name: str, value: float, loss_weight: float = 0.0) -> str:
+    """Solver's ``    Train net output #k: name = v`` (``phase`` "Train" or "Test"), with
+    `` (* w = w*v loss)`` after an output that has a loss weight (spec §5.5)."""
+    extra = f" (* {glog.num(loss_weight)} = {glog.num(loss_weight * value)} loss)" if loss_weight else ""
+    return f"    {phase} net output #{k}: {name} = {glog.num(value)}{extra}"
+
+
 @torch.no_grad()
 def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str = "11point",
              log=None, show_per_class: bool = False, compute_loss: bool = False,
              progress: bool = False) -> dict[str, float]:
     """Run ``net`` (TEST phase) ``iterations`` times from the start of its data and score it:
     mAP per width-5 output (eval_type "detection") or the mean of every output element
-    ("classification", as Solver::Test). Returns {output name: value} in output order."""
+    ("classification", as Solver::Test). Returns {output name: value} in output order; with ``log``
+    also logs ``Test loss`` (``compute_loss``) and the ``Test net output`` lines as the solver does."""
     for layer in data_layers(net):
         layer.seek(0)
     outputs = list(net.output_names)
     collected: dict[str, list] = {name: [] for name in outputs}
     loss_total = 0.0
+    loss_weights: dict[str, float] = {}
     steps = range(iterations)
     if progress:
         from tqdm import tqdm
         steps = tqdm(steps, desc="test", unit="batch", leave=False)
     for _ in steps:
         blobs = net.forward()
+        loss_weights = {name: w for name, w, _ in net.loss_outputs(blobs)}
         if compute_loss:
             loss_total += float(net.total_loss(blobs))
         for name in outputs:
@@ -204,6 +214,7 @@ def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str
     for layer in data_layers(net):
         layer.close()
     results: dict[str, float] = {}
+    blob_of: dict[str, str] = {}          # result key -> output blob (a key per element in "classification")
     if eval_type == "detection":
         for name in outputs:
             first = collected[name][0] if collected[name] else np.zeros((0, 5))
@@ -216,9 +227,15 @@ def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str
             arrays = [r.reshape(-1) for r in collected[name]]
             mean = np.mean(np.stack(arrays), axis=0) if arrays else np.zeros(0)
             for k, v in enumerate(mean):
-                results[name if mean.size == 1 else f"{name}[{k}]"] = float(v)
-    if compute_loss and log:
-        log("I", glog.TEST_OUTPUT, f"Test loss: {glog.num(loss_total / max(iterations, 1))}")
+                key = name if mean.size == 1 else f"{name}[{k}]"
+                results[key] = float(v)
+                blob_of[key] = name
+    if log:
+        if compute_loss:
+            log("I", glog.TEST_OUTPUT, f"Test loss: {glog.num(loss_total / max(iterations, 1))}")
+        for k, (key, value) in enumerate(results.items()):
+            weight = loss_weights.get(blob_of.get(key, key), 0.0)
+            log("I", glog.TEST_OUTPUT, output_line("Test", k, key, value, weight))
     return results
 
 
@@ -360,8 +377,7 @@ class Trainer:
             out = run_test(net, self.sp.test_iter[j], self.sp.eval_type, self.sp.ap_version,
                            log=self.log.log, show_per_class=self.sp.show_per_class_result,
                            compute_loss=self.sp.test_compute_loss)
-            for k, (name, value) in enumerate(out.items()):
-                self.log.info(glog.TEST_OUTPUT, f"    Test net output #{k}: {name} = {glog.num(value)}")
+            for name, value in out.items():
                 results[name if len(self.test_nets) == 1 else f"{name}#{j}"] = value
         return results
 
@@ -386,8 +402,7 @@ class Trainer:
             values = blobs[name].detach().float().reshape(-1).cpu().tolist()
             w = weights.get(name, 0.0)
             for v in values:
-                extra = f" (* {glog.num(w)} = {glog.num(w * v)} loss)" if w else ""
-                log.info(glog.TRAIN_OUTPUT, f"    Train net output #{k}: {name} = {glog.num(v)}{extra}")
+                log.info(glog.TRAIN_OUTPUT, output_line("Train", k, name, v, w))
                 k += 1
         log.info(glog.OURS, f"Iteration {self.iter}, gradient L2 norm = {glog.num(self._grad_norm)}")
         if iters > 0 and elapsed > 0:
@@ -551,8 +566,4 @@ def score(model: str, weights: str | None, iterations: int | None = None, *, dev
     n = iterations if iterations is not None else one_pass_iterations(net)
     if log:
         log("I", glog.TESTING, f"Iteration 0, Testing net (#0)")
-    out = run_test(net, n, eval_type, ap_version, log=log, show_per_class=show_per_class, progress=progress)
-    if log:
-        for k, (name, value) in enumerate(out.items()):
-            log("I", glog.TEST_OUTPUT, f"    Test net output #{k}: {name} = {glog.num(value)}")
-    return out
+    return run_test(net, n, eval_type, ap_version, log=log, show_per_class=show_per_class, progress=progress)
