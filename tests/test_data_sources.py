@@ -105,6 +105,61 @@ def test_voc_missing_year_is_a_clear_error_and_years_option(tmp_path):
         run_cli("voc", "--devkit", tmp_path / "nowhere", "--out", tmp_path / "x")
 
 
+VOC2012_TEST = ["2008_000001", "2008_000004", "2008_000006"]     # ImageSets order, not sorted
+
+
+def add_voc2012_test(devkit):
+    """VOC2012test.tar's layout: test images and ImageSets/Main/test.txt in VOC2012/; only some test
+    images have an XML (the layout/action tasks' person boxes), and those must not reach the LMDB."""
+    base = devkit / "VOC2012"
+    (base / "ImageSets" / "Main" / "test.txt").write_text("\n".join(VOC2012_TEST) + "\n")
+    for image_id in VOC2012_TEST:
+        h, w = size_of(image_id)
+        write_image(base / "JPEGImages" / f"{image_id}.jpg", h, w)
+    (base / "Annotations" / f"{VOC2012_TEST[0]}.xml").write_text(
+        "<annotation><size><width>30</width><height>20</height></size><object><name>person</name>"
+        "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+
+
+def test_voc12_builds_the_test_lmdb_and_name_size_the_07plus12_nets_reference(tmp_path):
+    from prototxt_gen import registry
+    devkit = make_devkit(tmp_path / "VOCdevkit")
+    add_voc2012_test(devkit)
+    out = tmp_path / "lmdb"
+    ns07, ns12 = tmp_path / "VOC0712" / "test_name_size.txt", tmp_path / "VOC0712Plus" / "test_name_size.txt"
+    assert run_cli("voc", "--devkit", devkit, "--out", out, "--name-size", ns07, "--voc12-name-size", ns12,
+                   "--voc12", "--jobs", "1", "--quiet") == 0
+    # the names the generated VOC0712Plus test nets use
+    spec = registry.DATASETS["voc12"]
+    assert data_cli.VOC12_NAME_SIZE == spec.name_size and spec.test_lmdb == "VOC2012_test_lmdb"
+    db = AnnotatedLMDB(out / spec.test_lmdb)
+    assert db.keys() == [f"{i:08d}_VOC2012/JPEGImages/{iid}.jpg" for i, iid in enumerate(VOC2012_TEST)]
+    for i, iid in enumerate(VOC2012_TEST):
+        rec = db.get(i)
+        assert len(rec.annotation_group) == 0 and rec.type == rec.BBOX       # no public annotations
+        assert (rec.datum.height, rec.datum.width) == size_of(iid)
+    assert ns12.read_text().splitlines() == [f"{iid} {size_of(iid)[0]} {size_of(iid)[1]}" for iid in VOC2012_TEST]
+    assert (tmp_path / "VOC0712Plus" / "test.txt").read_text().splitlines() == \
+        [f"VOC2012/JPEGImages/{iid}.jpg" for iid in VOC2012_TEST]
+    # the VOC2007 test set and its files are untouched by the VOC2012 ones
+    assert ns07.read_text().splitlines() == [f"{iid} {size_of(iid)[0]} {size_of(iid)[1]}" for iid in VOC["2007"]["test"]]
+    assert [ln.split()[0] for ln in (tmp_path / "VOC0712" / "test.txt").read_text().splitlines()] == \
+        [f"VOC2007/JPEGImages/{iid}.jpg" for iid in VOC["2007"]["test"]]
+    assert len(AnnotatedLMDB(out / "VOC0712Plus_trainval_lmdb")) == 12
+
+
+def test_voc12_without_the_voc2012_test_set(tmp_path, capsys):
+    devkit = make_devkit(tmp_path / "VOCdevkit")
+    ns12 = tmp_path / "VOC0712Plus" / "test_name_size.txt"
+    assert run_cli("voc", "--devkit", devkit, "--out", tmp_path / "lmdb", "--name-size", tmp_path / "ns.txt",
+                   "--voc12-name-size", ns12, "--voc12", "--jobs", "1", "--quiet") == 0
+    assert "VOC2012test.tar" in capsys.readouterr().err
+    assert (tmp_path / "lmdb" / "VOC0712Plus_trainval_lmdb").is_dir() and not (tmp_path / "lmdb" / "VOC2012_test_lmdb").exists()
+    assert not ns12.exists()
+    with pytest.raises(ScratchDetError, match="VOC2012/ImageSets/Main/test.txt: image set not found.*VOC2012test.tar"):
+        run_cli("voc", "--devkit", devkit, "--out", tmp_path / "lmdb", "--voc12-name-size", ns12, "--sets", "test12")
+
+
 # -- COCO ----------------------------------------------------------------------------------------------
 
 CATS = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}]

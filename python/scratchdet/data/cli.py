@@ -1,7 +1,7 @@
 """``scratchdet data``: build SSD AnnotatedDatum LMDBs from VOC, COCO, the synthetic set or a
 convert_annoset list, and check them.
 
-    scratchdet data voc --devkit data/VOCdevkit --out data/lmdb [--voc12]
+    scratchdet data voc --devkit data/VOCdevkit --out data/lmdb [--voc12]   (07++12: + VOC2012 test)
     scratchdet data coco --root data/coco --out data/lmdb [--year 2014|2017]
     scratchdet data synthetic --out data/synthetic --images 600 --seed 0 [--lmdb data/lmdb]
     scratchdet data convert --root DIR --list FILE --out DB [--label-type xml|json|txt] [--labelmap F]
@@ -20,6 +20,7 @@ VOC_LABELMAP = "data/VOC0712/labelmap_voc.prototxt"
 COCO_LABELMAP = "data/coco/labelmap_coco.prototxt"
 SYNTHETIC_LABELMAP = "data/labelmap_synthetic.prototxt"
 VOC_NAME_SIZE = "data/VOC0712/test_name_size.txt"
+VOC12_NAME_SIZE = "data/VOC0712Plus/test_name_size.txt"
 COCO_NAME_SIZE_DIR = "data/coco"
 SYNTHETIC_NAME_SIZE = "data/synthetic_test_name_size.txt"
 PARALLEL_MIN = 200          # below this many images a worker pool costs more than it saves
@@ -46,12 +47,18 @@ def add_arguments(parser) -> None:
     p = sub.add_parser("voc", help="VOCdevkit -> VOC0712 trainval/test (and 07++12) LMDBs + test_name_size.txt")
     p.add_argument("--devkit", required=True, help="VOCdevkit folder holding VOC2007/ (and VOC2012/)")
     p.add_argument("--out", default="data/lmdb", help="folder for the LMDBs (default data/lmdb)")
-    p.add_argument("--voc12", action="store_true", help="also build the 07++12 set VOC0712Plus_trainval_lmdb")
-    p.add_argument("--sets", default=None, help="comma list of trainval,test,plus (default trainval,test[,plus])")
+    p.add_argument("--voc12", action="store_true",
+                   help="also build the 07++12 sets: VOC0712Plus_trainval_lmdb and, when VOC2012/ImageSets/Main/test.txt "
+                        "is there (VOC2012test.tar), VOC2012_test_lmdb (images, no annotations) with its name-size file")
+    p.add_argument("--sets", default=None,
+                   help="comma list of trainval,test,plus,test12 (default trainval,test[,plus[,test12]])")
     p.add_argument("--years", default="2007,2012", help="VOC years that may be used (default 2007,2012)")
     p.add_argument("--labelmap", default=None, help=f"label map (default {VOC_LABELMAP}, else the 20 VOC classes)")
-    p.add_argument("--name-size", default=VOC_NAME_SIZE, help=f"test name-size file (default {VOC_NAME_SIZE})")
-    p.add_argument("--lists-dir", default=None, help="where to write the list files (default: the name-size file's folder)")
+    p.add_argument("--name-size", default=VOC_NAME_SIZE, help=f"VOC2007 test name-size file (default {VOC_NAME_SIZE})")
+    p.add_argument("--voc12-name-size", default=VOC12_NAME_SIZE,
+                   help=f"VOC2012 test name-size file (default {VOC12_NAME_SIZE}); its list test.txt goes beside it")
+    p.add_argument("--lists-dir", default=None,
+                   help="where to write the VOC2007/0712 list files (default: the --name-size file's folder)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed of the training lists (default 0)")
     p.add_argument("--skip-existing", action="store_true", help="keep LMDBs that already exist instead of rebuilding")
     _common(p)
@@ -143,25 +150,37 @@ def _voc(args) -> int:
     from . import voc
     from .convert import write_list, write_name_size
     years = tuple(y.strip() for y in args.years.split(",") if y.strip())
-    sets = [s.strip() for s in args.sets.split(",")] if args.sets else ["trainval", "test"] + (["plus"] if args.voc12 else [])
+    if args.sets:
+        sets = [s.strip() for s in args.sets.split(",")]
+    else:
+        sets = ["trainval", "test"] + (["plus"] if args.voc12 else [])
+        if args.voc12 and "2012" in years:
+            if voc.image_set_path(args.devkit, "2012", "test").is_file():
+                sets.append("test12")
+            else:
+                print(f"note: {voc.image_set_path(args.devkit, '2012', 'test')} not found: VOC2012_test_lmdb and "
+                      f"{args.voc12_name_size} not built ({voc.VOC2012_TEST_HINT})", file=sys.stderr)
     for s in sets:
         if s not in voc.VOC_SETS:
             raise ScratchDetError(f"--sets: unknown VOC set {s!r} (choose from {', '.join(voc.VOC_SETS)})")
-    voc.check_devkit(args.devkit, sorted({y for s in sets for y, _ in voc.VOC_SETS[s][1] if y in years}))
+    voc.check_devkit(args.devkit, sorted({y for s in sets if s not in voc.UNANNOTATED
+                                          for y, _ in voc.VOC_SETS[s][1] if y in years}))
     labelmap, source = _resolve_labelmap(args.labelmap, VOC_LABELMAP, lambda: lm.make(lm.VOC_CLASSES), "VOC")
     name_to_label = lm.name_to_label(labelmap, check_label=True, source=source)
     lists = voc.build_lists(args.devkit, sets, seed=args.seed, years=years)
+    name_sizes = {"test": args.name_size, "test12": args.voc12_name_size}
     lists_dir = Path(args.lists_dir or Path(args.name_size).parent)
     for name, entries in lists.items():
         db = Path(args.out) / voc.VOC_SETS[name][0]
         if args.skip_existing and (db / "data.mdb").is_file():
             print(f"{db}: exists, kept (--skip-existing)")
             continue
-        write_list(entries, lists_dir / voc.LIST_NAMES[name], args.devkit)
+        folder = Path(args.voc12_name_size).parent if name == "test12" else lists_dir
+        write_list(entries, folder / voc.LIST_NAMES[name], args.devkit)
         summary = _run(entries, db, name_to_label, args)
-        if name == "test":
-            write_name_size(summary.sizes, args.name_size)
-            print(f"{args.name_size}: {len(summary.sizes)} test images")
+        if name in name_sizes:
+            write_name_size(summary.sizes, name_sizes[name])
+            print(f"{name_sizes[name]}: {len(summary.sizes)} test images")
     return 0
 
 

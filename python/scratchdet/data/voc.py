@@ -5,6 +5,12 @@ Lists as the fork's ``data/VOC0712/create_list.sh`` builds them, lines
 trainval = VOC2007 trainval + VOC2012 trainval, shuffled (with a fixed seed here; the fork's perl
 shuffle is unseeded); test = VOC2007 test in ImageSets order; 07++12 ("VOC0712Plus") = VOC2007
 trainval + VOC2007 test + VOC2012 trainval, shuffled. ``test_name_size.txt`` lists the test images.
+
+The 07++12 test set is VOC2012 test (``VOC2012test.tar`` from the evaluation server, extracted into
+the same ``VOC2012/`` folder; ``ImageSets/Main/test.txt``, 10,991 images), whose annotations are not
+public: as the SSD/RefineDet ``data/VOC0712Plus`` scripts do, its list is the images in ImageSets
+order and ``VOC2012_test_lmdb`` holds them with no annotation groups; its name-size file is
+``data/VOC0712Plus/test_name_size.txt``. The test net only writes comp4 files for the server.
 """
 from __future__ import annotations
 
@@ -22,8 +28,12 @@ VOC_SETS = {
     "trainval": ("VOC0712_trainval_lmdb", [("2007", "trainval"), ("2012", "trainval")], True),
     "test": ("VOC0712_test_lmdb", [("2007", "test")], False),
     "plus": ("VOC0712Plus_trainval_lmdb", [("2007", "trainval"), ("2007", "test"), ("2012", "trainval")], True),
+    "test12": ("VOC2012_test_lmdb", [("2012", "test")], False),
 }
-LIST_NAMES = {"trainval": "trainval.txt", "test": "test.txt", "plus": "trainval_plus.txt"}
+LIST_NAMES = {"trainval": "trainval.txt", "test": "test.txt", "plus": "trainval_plus.txt", "test12": "test.txt"}
+UNANNOTATED = {"test12"}        # sets without public annotations: records with no annotation groups
+VOC2012_TEST_HINT = ("VOC2012 test is not part of VOCtrainval_11-May-2012.tar: download VOC2012test.tar from "
+                     "the PASCAL VOC evaluation server (registration needed) and extract it beside VOC2012 trainval")
 
 
 def parse_xml(path) -> RawAnnotation:
@@ -74,12 +84,17 @@ def _as_int(v):
     return None if v is None else int(v)
 
 
+def image_set_path(devkit, year: str, image_set: str, folder: str | None = None) -> Path:
+    return Path(devkit) / (folder or f"VOC{year}") / "ImageSets" / "Main" / f"{image_set}.txt"
+
+
 def read_image_set(devkit, year: str, image_set: str, folder: str | None = None) -> list[str]:
-    path = Path(devkit) / (folder or f"VOC{year}") / "ImageSets" / "Main" / f"{image_set}.txt"
+    path = image_set_path(devkit, year, image_set, folder)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise ScratchDetError(f"{path}: image set not found (is {devkit} a VOCdevkit with VOC{year}?)") from None
+        hint = VOC2012_TEST_HINT if (year, image_set) == ("2012", "test") else f"is {devkit} a VOCdevkit with VOC{year}?"
+        raise ScratchDetError(f"{path}: image set not found ({hint})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ScratchDetError(f"{path}: cannot read image set ({exc})") from None
     ids = [line.split()[0] for line in lines if line.strip()]
@@ -88,15 +103,16 @@ def read_image_set(devkit, year: str, image_set: str, folder: str | None = None)
     return ids
 
 
-def entries_for(devkit, parts, folder_of=lambda year: f"VOC{year}") -> list[Entry]:
+def entries_for(devkit, parts, folder_of=lambda year: f"VOC{year}", annotated: bool = True) -> list[Entry]:
+    """List entries of ``parts`` ([(year, image set)]); ``annotated`` False: images only."""
     devkit = Path(devkit)
     entries = []
     for year, image_set in parts:
         folder = folder_of(year)
         for image_id in read_image_set(devkit, year, image_set, folder):
             image_rel = f"{folder}/JPEGImages/{image_id}.jpg"
-            entries.append(Entry(image_rel, str(devkit / image_rel),
-                                 str(devkit / folder / "Annotations" / f"{image_id}.xml"), "xml", image_id))
+            anno = str(devkit / folder / "Annotations" / f"{image_id}.xml") if annotated else None
+            entries.append(Entry(image_rel, str(devkit / image_rel), anno, "xml", image_id))
     return entries
 
 
@@ -109,7 +125,7 @@ def build_lists(devkit, sets=("trainval", "test"), seed: int = 0, years=("2007",
         if not parts:
             raise ScratchDetError(f"VOC set {name!r} needs VOC years {sorted({y for y, _ in VOC_SETS[name][1]})}, "
                                   f"but --years allows only {','.join(years)}")
-        entries = entries_for(devkit, parts)
+        entries = entries_for(devkit, parts, annotated=name not in UNANNOTATED)
         out[name] = shuffled(entries, seed) if shuffle else entries
     return out
 
