@@ -269,14 +269,21 @@ def expand(sample: Sample, ep, mean: tuple[float, float, float], rng, emit=None)
 
 # -- 3. batch samplers (util/sampler.cpp) ----------------------------------------------------------------
 
-def sample_box(sampler, rng) -> tuple[float, float, float, float]:
-    """SampleBBox: scale and aspect ratio (clamped to [s^2, 1/s^2]), then a uniform position."""
+def sampler_ranges(sampler) -> tuple[float, float, float, float]:
+    """(min_scale, max_scale, min_aspect, max_aspect) of a Sampler, checked."""
     lo_s, hi_s = float(sampler.min_scale), float(sampler.max_scale)
     if not (0 < lo_s <= hi_s <= 1):
         raise ScratchDetError(f"batch_sampler: need 0 < min_scale <= max_scale <= 1, got {lo_s}, {hi_s}")
     lo_a, hi_a = float(sampler.min_aspect_ratio), float(sampler.max_aspect_ratio)
     if not (0 < lo_a <= hi_a):
         raise ScratchDetError(f"batch_sampler: need 0 < min_aspect_ratio <= max_aspect_ratio, got {lo_a}, {hi_a}")
+    return lo_s, hi_s, lo_a, hi_a
+
+
+def sample_box(sampler, rng) -> tuple[float, float, float, float]:
+    """SampleBBox: scale and aspect ratio (clamped to [s^2, 1/s^2]), then a uniform position.
+    ``sampler`` is a Sampler message or its ``sampler_ranges``."""
+    lo_s, hi_s, lo_a, hi_a = sampler if isinstance(sampler, tuple) else sampler_ranges(sampler)
     scale = rng.uniform(lo_s, hi_s) if hi_s > lo_s else lo_s
     aspect = rng.uniform(lo_a, hi_a) if hi_a > lo_a else lo_a
     aspect = min(max(aspect, scale ** 2), 1.0 / scale ** 2)
@@ -286,51 +293,77 @@ def sample_box(sampler, rng) -> tuple[float, float, float, float]:
     return (float(x0), float(y0), float(x0 + bw), float(y0 + bh))
 
 
+class Constraint:
+    """A SampleConstraint read once: (lo, hi) bounds for Jaccard, sample coverage and object
+    coverage (None where unset). ``accepts`` is SatisfySampleConstraint in plain float arithmetic:
+    a sampler draws up to 50 boxes per image, and numpy's per-call cost on a handful of objects
+    made this check most of the data layer's time."""
+
+    def __init__(self, c):
+        def bounds(lo, hi):
+            if not (c.HasField(lo) or c.HasField(hi)):
+                return None
+            return (float(getattr(c, lo)) if c.HasField(lo) else None,
+                    float(getattr(c, hi)) if c.HasField(hi) else None)
+        self.jaccard = bounds("min_jaccard_overlap", "max_jaccard_overlap")
+        self.sample = bounds("min_sample_coverage", "max_sample_coverage")
+        self.object = bounds("min_object_coverage", "max_object_coverage")
+        self.unbounded = self.jaccard is None and self.sample is None and self.object is None
+
+    @staticmethod
+    def _within(v: float, b) -> bool:
+        return (b[0] is None or v >= b[0]) and (b[1] is None or v <= b[1])
+
+    def accepts(self, box, objects: list) -> bool:
+        if self.unbounded:
+            return True
+        bx0, by0, bx1, by1 = box
+        bw, bh = bx1 - bx0, by1 - by0
+        bsize = 0.0 if (bw < 0 or bh < 0) else bw * bh
+        for ox0, oy0, ox1, oy1 in objects:
+            if bx0 > ox1 or bx1 < ox0 or by0 > oy1 or by1 < oy0:
+                inter = 0.0
+            else:
+                inter = max(min(ox1, bx1) - max(ox0, bx0), 0) * max(min(oy1, by1) - max(oy0, by0), 0)
+            ow, oh = ox1 - ox0, oy1 - oy0
+            osize = 0.0 if (ow < 0 or oh < 0) else ow * oh
+            if self.jaccard is not None:
+                union = osize + bsize - inter
+                j = (inter / (union if union > 0 else 1)) if inter > 0 else 0.0
+                if not self._within(j, self.jaccard):
+                    continue
+            if self.sample is not None:
+                if not self._within(inter / bsize if bsize > 0 else 0.0, self.sample):
+                    continue
+            if self.object is not None:
+                if not self._within(inter / osize if osize > 0 else 0.0, self.object):
+                    continue
+            return True
+        return False
+
+
 def satisfies_constraint(box, objects: np.ndarray, c) -> bool:
     """SatisfySampleConstraint: no bound set -> accepted; otherwise some object passes every
     configured test (Jaccard, sample coverage, object coverage)."""
-    has_j = c.HasField("min_jaccard_overlap") or c.HasField("max_jaccard_overlap")
-    has_s = c.HasField("min_sample_coverage") or c.HasField("max_sample_coverage")
-    has_o = c.HasField("min_object_coverage") or c.HasField("max_object_coverage")
-    if not (has_j or has_s or has_o):
-        return True
-    if len(objects) == 0:
-        return False
-    ok = np.ones(len(objects), bool)
-    inter = intersection(objects, box)
-
-    def within(values, lo_field, hi_field):
-        m = np.ones(len(values), bool)
-        if c.HasField(lo_field):
-            m &= values >= getattr(c, lo_field)
-        if c.HasField(hi_field):
-            m &= values <= getattr(c, hi_field)
-        return m
-
-    if has_j:
-        ok &= within(jaccard(objects, box), "min_jaccard_overlap", "max_jaccard_overlap")
-    if has_s:
-        size = box_size(np.asarray(box, np.float64))
-        ok &= within(inter / size if size > 0 else np.zeros(len(objects)), "min_sample_coverage", "max_sample_coverage")
-    if has_o:
-        osize = box_size(objects)
-        ok &= within(np.where(osize > 0, inter / np.where(osize > 0, osize, 1), 0.0),
-                     "min_object_coverage", "max_object_coverage")
-    return bool(ok.any())
+    return Constraint(c).accepts(tuple(float(v) for v in box), np.asarray(objects, np.float64).reshape(-1, 4).tolist())
 
 
 def generate_batch_samples(objects: np.ndarray, batch_samplers, rng) -> list[tuple]:
     """GenerateBatchSamples: every sampler's accepted boxes, pooled, in sampler order."""
     pool = []
+    object_list = np.asarray(objects, np.float64).reshape(-1, 4).tolist()
     for bs in batch_samplers:
         if not bs.use_original_image:
             continue
+        constraint = Constraint(bs.sample_constraint)
+        ranges = sampler_ranges(bs.sampler)
+        limit = bs.max_sample if bs.HasField("max_sample") else None
         found = 0
         for _ in range(bs.max_trials):
-            if bs.HasField("max_sample") and found >= bs.max_sample:
+            if limit is not None and found >= limit:
                 break
-            box = sample_box(bs.sampler, rng)
-            if satisfies_constraint(box, objects, bs.sample_constraint):
+            box = sample_box(ranges, rng)
+            if constraint.accepts(box, object_list):
                 found += 1
                 pool.append(box)
     return pool
