@@ -260,9 +260,10 @@ def expand(sample: Sample, ep, mean: tuple[float, float, float], rng, emit=None)
     eh, ew = int(h * ratio), int(w * ratio)
     h_off = int(math.floor(rng.uniform(0.0, eh - h))) if eh > h else 0
     w_off = int(math.floor(rng.uniform(0.0, ew - w))) if ew > w else 0
-    canvas = np.empty((eh, ew, 3), np.uint8)
-    canvas[:] = np.clip(np.rint(np.asarray(mean, np.float64)), 0, 255).astype(np.uint8)
-    canvas[h_off:h_off + h, w_off:w_off + w] = sample.image
+    fill = [int(v) for v in np.clip(np.rint(np.asarray(mean, np.float64)), 0, 255)]
+    # one pass that writes the border and copies the image (a full-canvas fill then a paste was two)
+    canvas = cv2.copyMakeBorder(np.ascontiguousarray(sample.image), h_off, eh - h - h_off, w_off, ew - w - w_off,
+                                cv2.BORDER_CONSTANT, value=fill)
     expand_box = (-w_off / w, -h_off / h, (ew - w_off) / w, (eh - h_off) / h)
     return transform_boxes(sample, expand_box, emit, image=canvas)
 
@@ -280,16 +281,19 @@ def sampler_ranges(sampler) -> tuple[float, float, float, float]:
     return lo_s, hi_s, lo_a, hi_a
 
 
-def sample_box(sampler, rng) -> tuple[float, float, float, float]:
+def sample_box(sampler, rng, u=None) -> tuple[float, float, float, float]:
     """SampleBBox: scale and aspect ratio (clamped to [s^2, 1/s^2]), then a uniform position.
-    ``sampler`` is a Sampler message or its ``sampler_ranges``."""
+    ``sampler`` is a Sampler message or its ``sampler_ranges``; ``u`` four uniforms in [0, 1)
+    (drawn from ``rng`` when not given: samplers draw all their trials' numbers at once)."""
     lo_s, hi_s, lo_a, hi_a = sampler if isinstance(sampler, tuple) else sampler_ranges(sampler)
-    scale = rng.uniform(lo_s, hi_s) if hi_s > lo_s else lo_s
-    aspect = rng.uniform(lo_a, hi_a) if hi_a > lo_a else lo_a
+    if u is None:
+        u = rng.random(4)
+    scale = lo_s + (hi_s - lo_s) * float(u[0]) if hi_s > lo_s else lo_s
+    aspect = lo_a + (hi_a - lo_a) * float(u[1]) if hi_a > lo_a else lo_a
     aspect = min(max(aspect, scale ** 2), 1.0 / scale ** 2)
     bw, bh = scale * math.sqrt(aspect), scale / math.sqrt(aspect)
-    x0 = rng.uniform(0.0, 1.0 - bw) if bw < 1 else 0.0
-    y0 = rng.uniform(0.0, 1.0 - bh) if bh < 1 else 0.0
+    x0 = (1.0 - bw) * float(u[2]) if bw < 1 else 0.0
+    y0 = (1.0 - bh) * float(u[3]) if bh < 1 else 0.0
     return (float(x0), float(y0), float(x0 + bw), float(y0 + bh))
 
 
@@ -359,10 +363,11 @@ def generate_batch_samples(objects: np.ndarray, batch_samplers, rng) -> list[tup
         ranges = sampler_ranges(bs.sampler)
         limit = bs.max_sample if bs.HasField("max_sample") else None
         found = 0
-        for _ in range(bs.max_trials):
+        uniforms = rng.random((bs.max_trials, 4)).tolist()
+        for t in range(bs.max_trials):
             if limit is not None and found >= limit:
                 break
-            box = sample_box(ranges, rng)
+            box = sample_box(ranges, rng, uniforms[t])
             if constraint.accepts(box, object_list):
                 found += 1
                 pool.append(box)
