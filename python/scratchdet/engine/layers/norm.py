@@ -60,18 +60,25 @@ class BatchNorm(Layer):
             scale = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
             y = F.batch_norm(x, self.mean_sum * scale, self.var_sum * scale, training=False, eps=self.eps)
             return (y.reshape(shape),)
-        with torch.no_grad():
+        m = x.numel() // self.channels
+        if m == 1:      # torch refuses one value per channel; Caffe normalises it to 0 (variance 0)
+            with torch.no_grad():
+                self.factor.mul_(self.maf).add_(1.0)
+                self.mean_sum.mul_(self.maf).add_(x.detach().reshape(-1))
+                self.var_sum.mul_(self.maf)
             dims = [0] + list(range(2, x.dim()))
-            var, mean = torch.var_mean(x.detach(), dim=dims, correction=0)
-            m = x.numel() // self.channels
-            correction = m / (m - 1) if m > 1 else 1.0
-            self.factor.mul_(self.maf).add_(1.0)
-            self.mean_sum.mul_(self.maf).add_(mean)
-            self.var_sum.mul_(self.maf).add_(var, alpha=correction)
-        if m == 1:      # torch refuses one value per channel; Caffe normalises it to 0
             view = (1, -1) + (1,) * (x.dim() - 2)
             return (((x - x.mean(dim=dims).reshape(view)) / (self.eps ** 0.5)).reshape(shape),)
-        y = F.batch_norm(x, None, None, training=True, eps=self.eps)
+        # with momentum 1 torch's "running" buffers receive this batch's mean and its unbiased
+        # variance (m / (m - 1) times the biased one), which is what Caffe adds to its sums: one
+        # pass over x instead of a separate var_mean
+        mean = torch.zeros(self.channels, dtype=x.dtype, device=x.device)
+        var = torch.zeros(self.channels, dtype=x.dtype, device=x.device)
+        y = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=self.eps)
+        with torch.no_grad():
+            self.factor.mul_(self.maf).add_(1.0)
+            self.mean_sum.mul_(self.maf).add_(mean)
+            self.var_sum.mul_(self.maf).add_(var)
         return (y.reshape(shape),)
 
 
