@@ -84,8 +84,9 @@ def test_demo_dry_run_sequence_and_sample_images_placeholder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     cmds = [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
     verbs = [c.split()[1] for c in cmds]
-    assert verbs[-5:] == ["gen", "train", "detect", "compare", "plot"]
-    assert "--set num_test_image=60" in cmds[-5]               # 300 images, every 5th held out
+    assert verbs[-6:] == ["gen", "train", "test", "detect", "compare", "plot"]
+    assert "--set num_test_image=60" in cmds[-6]               # 300 images, every 5th held out
+    assert "--per-class" in cmds[-4]
     assert cmds[-3].endswith("{sample_test_images}")
 
 

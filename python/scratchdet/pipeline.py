@@ -52,9 +52,11 @@ DATA = {
               for u in VOC_URLS)),
     "voc12": DataSpec(
         "VOC0712Plus", ("VOC0712Plus_trainval_lmdb",), "VOC_ROOT", "data/VOCdevkit",
-        "VOC2012/Annotations", "scratchdet data voc --devkit {raw} --voc12 --out {lmdb}",
+        "VOC2012/Annotations", "scratchdet data voc --devkit {raw} --voc12 --skip-existing --out {lmdb}",
         tuple(f"wget -c {u} -P {{parent}} && tar -xf {{parent}}/{u.rsplit('/', 1)[1]} -C {{parent}}"
-              for u in VOC_URLS)),
+              for u in VOC_URLS)
+        + ("# optional, for the VOC2012 test LMDB (comp4 submissions): VOC2012test.tar from the PASCAL "
+           "evaluation server (registration), extracted into {parent}",)),
     "coco": DataSpec(
         "coco", ("coco_trainval35k_lmdb", "coco_minival_lmdb"), "COCO_ROOT", "data/coco",
         "annotations", "scratchdet data coco --root {raw} --out {lmdb}",
@@ -88,6 +90,7 @@ class Plan:
     name: str
     commands: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)     # where the results are, printed at the end
 
 
 def gpu_flag(requested: int) -> tuple[str, str]:
@@ -185,11 +188,17 @@ def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = 600, 
         logs.append(f"{run_dir}/train.log")
         if detect:
             prefix, max_iter = _solver_outputs(f"{model_dir}/solver.prototxt")
+            weights = f"{prefix}_iter_{max_iter}.caffemodel"
+            plan.commands.append(f"scratchdet test --model {model_dir}/test.prototxt --weights {weights} --gpu {gpu} "
+                                 f"--per-class --log {run_dir}/test.log")
             plan.commands.append(
-                f"scratchdet detect --model {model_dir}/deploy.prototxt --weights {prefix}_iter_{max_iter}.caffemodel "
+                f"scratchdet detect --model {model_dir}/deploy.prototxt --weights {weights} "
                 f"--labelmap data/labelmap_synthetic.prototxt --out {run_dir}/detections {SAMPLE_IMAGES}")
+            plan.outputs += [f"training log: {run_dir}/train.log", f"weights: {weights}",
+                             f"sample detections: {run_dir}/detections/"]
     plan.commands.append(f"scratchdet compare {' '.join(logs)}")
     plan.commands.append(f"scratchdet plot {' '.join(logs)} --out runs/synthetic/{name}_plots")
+    plan.outputs.append(f"plots: runs/synthetic/{name}_plots/")
     return plan
 
 
@@ -232,6 +241,8 @@ def run_plan(plan: Plan, dry_run: bool) -> int:
         if rc != 0:
             print(f"scratchdet run: '{cmd}' failed (exit {rc}); stopping", file=sys.stderr)
             return rc
+    if plan.outputs and not dry_run:
+        print("\n".join([f"{plan.name}: done."] + [f"  {line}" for line in plan.outputs]), flush=True)
     return 0
 
 
