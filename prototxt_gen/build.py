@@ -78,7 +78,7 @@ def resolve(variant: Variant, **overrides) -> Variant:
         if not isinstance(width, (int, float)) or not 0 < width <= 8:
             _fail(v, f"width must be a number in (0, 8], got {width!r}")
         if v.arch.family == "rootres":
-            arch = registry.demo_rootres_arch(size, float(width), sources)
+            arch = registry.demo_rootres_arch(size, float(width), sources, v.arch.bn_head)
         else:
             arch = registry.demo_vgg_arch(v.arch.vgg.bn, v.arch.bn_head, size, float(width), sources)
         v = dataclasses.replace(v, arch=arch)
@@ -179,7 +179,7 @@ def _net(variant: Variant, arch: Arch, priors: PriorSpec, phase: str, data_sourc
     annotated_data(net, phase == "train", data_source, batch, size, size, label_map, variant.data.force_color)
     sources = _backbone(net, arch)
     mbox = multibox_head(net, net.data, sources, variant.data.num_classes, priors, arch.bn_head,
-                         arch.normalizations)
+                         arch.normalizations, small_init=arch.head_small_init)
     if phase == "train":
         multibox_loss(net, mbox, net.label, variant.data.num_classes, variant.data.use_difficult_gt)
     else:

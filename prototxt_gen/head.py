@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from scratchdet.errors import ScratchDetError
 
 from .backbones import Source
-from .blocks import GAUSSIAN_001, HEAD, conv, named_bn_relu
+from .blocks import GAUSSIAN_001, HEAD, XAVIER, conv, named_bn_relu
 from .netspec import L, NetSpec, Top
 
 VARIANCE = (0.1, 0.1, 0.2, 0.2)   # CENTER_SIZE code with SSD's variances
@@ -63,10 +63,11 @@ def priors_per_location(min_sizes: int, max_sizes: int, aspect_ratios, flip: boo
 
 def multibox_head(net: NetSpec, data: Top, sources: list[Source], num_classes: int, priors: PriorSpec,
                   bn: bool, normalizations: tuple | None = None, kernel: int = 3, pad: int = 1,
-                  lr_mult: float = 1) -> list[Top]:
+                  lr_mult: float = 1, small_init: bool = False) -> list[Top]:
     """Returns [mbox_loc, mbox_conf, mbox_priorbox]. ``normalizations[i] != -1`` puts SSD's L2
     Normalize (scale ``normalizations[i]``, per channel) on source i first. Head convs without BN
-    have a bias (xavier, bias 0, lr 1/2); with BN they are bias-free, gaussian 0.01 (ConvBNLayer)."""
+    have a bias (xavier, bias 0, lr 1/2); with BN they are bias-free, gaussian 0.01 (ConvBNLayer).
+    ``small_init`` gives the biased convs the BN head's gaussian 0.01 weights instead of xavier."""
     n = len(sources)
     for what, values in (("min sizes", priors.min_sizes), ("max sizes", priors.max_sizes),
                          ("aspect ratios", priors.aspect_ratios), ("steps", priors.steps)):
@@ -88,7 +89,8 @@ def multibox_head(net: NetSpec, data: Top, sources: list[Source], num_classes: i
                 net[head] = conv(top, outputs, kernel, pad=pad, filler=GAUSSIAN_001, lr_mult=lr_mult)
                 named_bn_relu(net, head, None, style=HEAD, relu=False, lr_mult=lr_mult)
             else:
-                net[head] = conv(top, outputs, kernel, pad=pad, bias=True, lr_mult=lr_mult)
+                net[head] = conv(top, outputs, kernel, pad=pad, bias=True, lr_mult=lr_mult,
+                                 filler=GAUSSIAN_001 if small_init else XAVIER)
             net[f"{head}_perm"] = L.Permute(net[head], order=[0, 2, 3, 1])
             net[f"{head}_flat"] = L.Flatten(net[f"{head}_perm"], axis=1)
             bucket.append(net[f"{head}_flat"])

@@ -164,7 +164,10 @@ DEMO_SAMPLES = 6
 EXIT_DIVERGED = 3                          # scratchdet train: the loss became non-finite (recorded as NAN)
 
 
-def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = 600, detect: bool = True,
+DEMO_IMAGES = 1500                         # the synthetic set the demo nets are generated for (300 held out)
+
+
+def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = DEMO_IMAGES, detect: bool = True,
               name: str = "demo") -> Plan:
     """The main job at toy scale on the embedded synthetic data, on whatever hardware is here."""
     from .data.synthetic import TEST_EVERY
@@ -173,11 +176,11 @@ def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = 600, 
     raw = os.environ.get(spec.raw_env) or spec.raw_default
     if any(not (Path(LMDB_DIR) / d / "data.mdb").exists() for d in spec.lmdbs):
         plan.commands.append(spec.build.format(raw=raw, lmdb=LMDB_DIR, images=images))
-    elif images != 600:
+    elif images != DEMO_IMAGES:
         plan.notes.append(f"the synthetic LMDBs exist already and are used as they are (--images {images} "
                           "applies when they are made; `make clean-demo` removes them)")
-    # the demo nets assume 600 images (120 held out); other counts get a matching test pass
-    sets = "" if images == 600 else f" --set num_test_image={images // TEST_EVERY}"
+    # the demo nets assume DEMO_IMAGES images; other counts get a matching test pass
+    sets = "" if images == DEMO_IMAGES else f" --set num_test_image={images // TEST_EVERY}"
     gpu, _ = gpu_flag(1)
     logs = []
     for vid in variants:
@@ -256,8 +259,8 @@ def add_arguments(p) -> None:
     p.add_argument("--gpus", type=int, default=int(os.environ.get("GPUS", "4")),
                    help="GPUs the paper's schedule assumes (default 4; fewer present -> iter_size raised)")
     p.add_argument("--raw", default=None, help="raw data folder (default from VOC_ROOT / COCO_ROOT)")
-    p.add_argument("--images", type=int, default=int(os.environ.get("SYNTH_IMAGES", "600")),
-                   help="synthetic images to make for the demo (default 600)")
+    p.add_argument("--images", type=int, default=int(os.environ.get("SYNTH_IMAGES", str(DEMO_IMAGES))),
+                   help=f"synthetic images to make for the demo (default {DEMO_IMAGES}, every 5th held out)")
 
 
 def main(args) -> int:
