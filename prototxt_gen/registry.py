@@ -370,7 +370,7 @@ _DEMO_BN = {"bn-none": (False, False, "scratch_nobn"), "bn-head": (False, True, 
 
 
 def _demo() -> list[Variant]:
-    common = dict(data=DATASETS["synthetic"], profile="demo", batch_per_gpu=DEMO_BATCH, gpus=1, test_batch=8,
+    common = dict(data=DATASETS["synthetic"], profile="demo", batch_per_gpu=DEMO_BATCH, gpus=1, test_batch=10,
                   display=20, random_seed=1, paper_key=None)
     half = DEMO_ROOTRES_MAX_ITER // 2
     out = [Variant(id="demo_rootres", title="demo ScratchDet: small Root-ResNet SSD on the synthetic shapes",
