@@ -196,7 +196,7 @@ def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = DEMO_
                                  f"--per-class --log {run_dir}/test.log")
             plan.commands.append(
                 f"scratchdet detect --model {model_dir}/deploy.prototxt --weights {weights} "
-                f"--labelmap data/labelmap_synthetic.prototxt --out {run_dir}/detections {SAMPLE_IMAGES}")
+                f"--labelmap data/labelmap_synthetic.prototxt --threshold 0.3 --out {run_dir}/detections {SAMPLE_IMAGES}")
             plan.outputs += [f"training log: {run_dir}/train.log", f"weights: {weights}",
                              f"sample detections: {run_dir}/detections/"]
     plan.commands.append(f"scratchdet compare {' '.join(logs)}")
