@@ -145,3 +145,20 @@ def test_registry_key_missing_from_the_paper_table_is_a_note(tmp_path, monkeypat
     monkeypatch.setattr(variants, "registry", lambda: fake)
     c = card(write_log(tmp_path / "runs/VOC0712/odd/train.log", tests={1000: 0.5}, done=True))
     assert c.verdict == compare.NO_PAPER and any("'table7/none'" in n for n in c.notes)
+
+
+def test_toy_table1_cells_are_judged_on_divergence_only(tmp_path, monkeypatch):
+    toys = [types.SimpleNamespace(id=f"demo_table1_{bn}_lr0.05", paper_key=None, analogue=f"table1/{cfg}/lr0.05")
+            for bn, cfg in (("bn-none", "scratch_nobn"), ("bn-head", "scratch_bn_head"),
+                            ("bn-backbone", "scratch_bn_backbone"), ("bn-both", "scratch_bn_both"))]
+    monkeypatch.setattr(variants, "registry", lambda: types.SimpleNamespace(all_variants=lambda: toys))
+    run = lambda vid, **kw: card(write_log(tmp_path / f"runs/synthetic/{vid}/train.log", **kw))  # noqa: E731
+    nobn = run("demo_table1_bn-none_lr0.05", diverge_at=2)          # paper: scratch no BN at 0.05 is NAN
+    assert nobn.verdict == compare.NAN_EXPECTED and nobn.paper_value is None
+    assert any("toy analogue of Table 1" in n and "NAN in the paper" in n for n in nobn.notes)
+    backbone = run("demo_table1_bn-backbone_lr0.05", diverge_at=50)  # paper: 78.0, so a NAN is unexpected
+    assert backbone.verdict == compare.NAN_UNEXPECTED
+    head = run("demo_table1_bn-head_lr0.05", tests={300: 0.002}, done=True, max_iter=300)
+    assert head.verdict == compare.CONVERGED_PAPER_NAN                # paper: NAN; the toy run trained
+    both = run("demo_table1_bn-both_lr0.05", tests={300: 0.003}, done=True, max_iter=300)
+    assert both.verdict == compare.NO_PAPER and both.diff is None     # toy mAP is not compared with 78.7

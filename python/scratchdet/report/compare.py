@@ -94,11 +94,30 @@ def score(rec: RunRecord, variant: str | None = None, paper_key: str | None = No
     if result is not None and result.secondary:
         notes.append("paper value from a secondary source")
     card.verdict = _verdict(card, rec, result, tolerance)
+    if result is None and variant:
+        _toy_verdict(card, rec, variant)
     if not complete and card.verdict not in (NAN_EXPECTED, NAN_UNEXPECTED, NAN_NOT_YET):
         notes.append("partial run" + (f": {last} of {max_iter} iterations" if last is not None and max_iter else ""))
     for w in rec.warnings[:3]:
         notes.append(w)
     return card
+
+
+def _toy_verdict(card: ScoreCard, rec: RunRecord, variant: str) -> None:
+    """A toy run (no paper number of its own) that imitates a paper cell: its mAP is not comparable,
+    but whether it diverged is, as in Table 1's NAN cells."""
+    key = variants.analogue_key_for(variant)
+    try:
+        cell = variants.paper_result(key) if key and key.startswith("table1/") else None
+    except ScratchDetError:
+        cell = None
+    if cell is None:
+        return
+    card.notes.append(f"toy analogue of {cell.source}: {'NAN' if cell.is_nan else f'{cell.value:g}'} in the paper")
+    if rec.diverged:
+        card.verdict = NAN_EXPECTED if cell.is_nan else NAN_UNEXPECTED
+    elif cell.is_nan and card.complete:
+        card.verdict = CONVERGED_PAPER_NAN
 
 
 def _verdict(card: ScoreCard, rec: RunRecord, result, tolerance: float) -> str:

@@ -114,6 +114,12 @@ def paper_key_for(variant_id: str | None) -> str | None:
     return getattr(v, "paper_key", None) if v is not None else None
 
 
+def analogue_key_for(variant_id: str | None) -> str | None:
+    """The paper cell a toy variant imitates (demo nets carry it as ``analogue``), or None."""
+    v = registry_variant(variant_id) if variant_id else None
+    return getattr(v, "analogue", None) if v is not None else None
+
+
 def paper_result(key: str | None) -> paper.PaperResult | None:
     """The paper's result for a key; an unknown key is an error listing the known families."""
     if not key:
