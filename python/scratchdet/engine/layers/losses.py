@@ -11,6 +11,12 @@ from ...caffe.schema import pb
 from .base import Layer, register
 
 _LOG_FLT_MIN = float(np.log(np.finfo(np.float32).tiny))
+
+
+def clamped_log_prob(logp: torch.Tensor) -> torch.Tensor:
+    """log(max(p, FLT_MIN)) as Caffe's softmax losses take it: the clamp changes the value only,
+    the gradient stays that of log p (Caffe's backward is p - onehot whatever the clamp did)."""
+    return logp + (logp.clamp_min(_LOG_FLT_MIN) - logp).detach()
 _MODE = pb.LossParameter
 
 
@@ -55,8 +61,7 @@ class SoftmaxWithLoss(Layer):
         if bool(((lab[valid] < 0) | (lab[valid] >= c)).any()):
             raise self.error(f"label outside [0, {c})")
         picked = logp.gather(1, torch.where(valid, lab, 0)[:, None])[:, 0]
-        clamped = picked.clamp_min(_LOG_FLT_MIN)
-        picked = picked + (clamped - picked).detach()
+        picked = clamped_log_prob(picked)
         loss = -(picked * valid).sum()
         if self.mode == _MODE.FULL:
             z = float(outer * inner)

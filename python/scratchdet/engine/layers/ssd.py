@@ -5,7 +5,6 @@ numpy float32 on the CPU as Caffe does, the losses are torch expressions so auto
 Caffe's gradients."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,8 @@ from ... import boxes as bx
 from ...caffe.schema import pb
 from ...caffe.shapes import prior_box_counts
 from .base import Layer, register
-from .losses import normalization_mode
+from .losses import clamped_log_prob, normalization_mode
 
-_LOG_FLT_MIN = float(np.log(np.finfo(np.float32).tiny))
 _MB = pb.MultiBoxLossParameter
 _MODE = pb.LossParameter
 
@@ -151,23 +149,22 @@ class MultiBoxLoss(Layer):
         conf = conf.reshape(num, n_p, c)
         gts = ground_truth(label, num, self.bg, bool(mp.use_difficult_gt), self)
         matches = self._match(prior_boxes, gts)
-        num_matches = sum(int((m[0] > -1).sum()) for m in matches if m is not None)
+        # per image with gt: (positive prior indices, their matched gt indices), found once
+        positives = [None if m is None else (np.flatnonzero(m[0] > -1), m[0][m[0] > -1]) for m in matches]
+        num_matches = sum(len(p[0]) for p in positives if p is not None)
 
         # -- mining: rank every prior by its softmax/logistic loss against the bg label ---------
         neg_sel: list[np.ndarray] = []
         if self.mining == _MB.MAX_NEGATIVE:
             target = torch.full((num, n_p), self.bg, dtype=torch.long, device=conf.device)
-            for i, m in enumerate(matches):
-                if m is not None:
-                    pos = np.flatnonzero(m[0] > -1)
-                    lab = gts[i][0][m[0][pos]]
-                    if mp.map_object_to_agnostic:
-                        lab = np.full_like(lab, self.bg + 1)
-                    target[i, torch.from_numpy(pos).to(conf.device)] = torch.from_numpy(lab).to(conf.device)
+            for i, p in enumerate(positives):
+                if p is not None:
+                    lab = self._pos_labels(gts[i][0][p[1]])
+                    target[i, torch.from_numpy(p[0]).to(conf.device)] = torch.from_numpy(lab).to(conf.device)
             with torch.no_grad():
                 if mp.conf_loss_type == _MB.SOFTMAX:
                     logp = torch.log_softmax(conf.float(), dim=2).gather(2, target[..., None])[..., 0]
-                    rank = -logp.clamp_min(_LOG_FLT_MIN)
+                    rank = -clamped_log_prob(logp)
                 else:
                     onehot = torch.nn.functional.one_hot(target, c).float()
                     rank = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -179,7 +176,7 @@ class MultiBoxLoss(Layer):
                     continue
                 index, overlap = m
                 eligible = np.flatnonzero((index == -1) & (overlap < np.float32(mp.neg_overlap)))
-                n_pos = int((index > -1).sum())
+                n_pos = len(positives[i][0])
                 n_sel = min(int(n_pos * float(np.float32(mp.neg_pos_ratio))), len(eligible))
                 order = np.argsort(-rank[i, eligible], kind="stable")[:n_sel]
                 neg_sel.append(np.sort(eligible[order]))
@@ -189,11 +186,10 @@ class MultiBoxLoss(Layer):
         # -- localization ---------------------------------------------------------------------
         if self.use_loc and num_matches > 0:
             img_idx, prior_idx, cls_idx, targets = [], [], [], []
-            for i, m in enumerate(matches):
-                if m is None:
+            for i, p in enumerate(positives):
+                if p is None:
                     continue
-                pos = np.flatnonzero(m[0] > -1)
-                g = m[0][pos]
+                pos, g = p
                 img_idx.append(np.full(len(pos), i))
                 prior_idx.append(pos)
                 cls_idx.append(np.zeros(len(pos), dtype=np.int64) if mp.share_location else gts[i][0][g])
@@ -222,33 +218,28 @@ class MultiBoxLoss(Layer):
         # -- confidence -----------------------------------------------------------------------
         if self.use_conf:
             rows_img, rows_prior, rows_label = [], [], []
-            for i, m in enumerate(matches):
+            for i, p in enumerate(positives):
                 if self.mining == _MB.NONE:
                     lab = np.full(n_p, self.bg, dtype=np.int64)
-                    if m is not None:
-                        pos = np.flatnonzero(m[0] > -1)
-                        lab[pos] = self._pos_labels(gts[i][0][m[0][pos]])
+                    if p is not None:
+                        lab[p[0]] = self._pos_labels(gts[i][0][p[1]])
                     rows_img.append(np.full(n_p, i))
                     rows_prior.append(np.arange(n_p))
                     rows_label.append(lab)
                     continue
-                if m is None:
+                if p is None:
                     continue
-                pos = np.flatnonzero(m[0] > -1)
-                neg = neg_sel[i]
+                pos, neg = p[0], neg_sel[i]
                 rows_img.append(np.full(len(pos) + len(neg), i))
                 rows_prior.append(np.concatenate([pos, neg]))
-                rows_label.append(np.concatenate([self._pos_labels(gts[i][0][m[0][pos]]),
+                rows_label.append(np.concatenate([self._pos_labels(gts[i][0][p[1]]),
                                                   np.full(len(neg), self.bg, dtype=np.int64)]))
             if rows_img and sum(len(r) for r in rows_img):
                 ri, rp, rl = (torch.from_numpy(np.concatenate(a).astype(np.int64)) for a in (rows_img, rows_prior, rows_label))
                 logits = conf[ri.to(conf.device), rp.to(conf.device)]
                 rl = rl.to(conf.device)
                 if mp.conf_loss_type == _MB.SOFTMAX:
-                    picked = torch.log_softmax(logits, dim=1).gather(1, rl[:, None])[:, 0]
-                    clamped = picked.clamp_min(_LOG_FLT_MIN)
-                    picked = picked + (clamped - picked).detach()   # Caffe clamps the value only
-                    conf_loss = -picked.sum()
+                    conf_loss = -clamped_log_prob(torch.log_softmax(logits, dim=1).gather(1, rl[:, None])[:, 0]).sum()
                 else:
                     onehot = torch.nn.functional.one_hot(rl, c).to(logits.dtype)
                     conf_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, onehot, reduction="sum")
@@ -304,11 +295,15 @@ class DetectionOutput(Layer):
         rows = []
         for i in range(loc.shape[0]):
             per_class = []
+            # one decode per location class: shared locations are decoded once for all classes
+            decoded_by_loc = {}
             for c in range(self.num_classes):
                 if c == self.bg:
                     continue
                 li = 0 if self.share_location else c
-                decoded = bx.decode(priors, variances, loc[i, :, li], self.code_type, self.var_in_target)
+                if li not in decoded_by_loc:
+                    decoded_by_loc[li] = bx.decode(priors, variances, loc[i, :, li], self.code_type, self.var_in_target)
+                decoded = decoded_by_loc[li]
                 scores = conf[i, :, c]
                 keep = bx.nms(decoded, scores, self.nms_threshold, self.top_k, self.eta, self.conf_threshold)
                 per_class.append((c, keep, scores[keep], decoded[keep]))
