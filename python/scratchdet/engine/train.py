@@ -199,20 +199,21 @@ def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str
     outputs = list(net.output_names)
     collected: dict[str, list] = {name: [] for name in outputs}
     loss_total = 0.0
-    loss_weights: dict[str, float] = {}
     steps = range(iterations)
     if progress:
         from tqdm import tqdm
         steps = tqdm(steps, desc="test", unit="batch", leave=False)
+    blobs = None
     for _ in steps:
         blobs = net.forward()
-        loss_weights = {name: w for name, w, _ in net.loss_outputs(blobs)}
         if compute_loss:
             loss_total += float(net.total_loss(blobs))
         for name in outputs:
             collected[name].append(blobs[name].detach().float().cpu().numpy())
     for layer in data_layers(net):
         layer.close()
+    # loss weights are the net's, the same every pass: read them once from the last one
+    loss_weights = {name: w for name, w, _ in net.loss_outputs(blobs)} if blobs is not None else {}
     results: dict[str, float] = {}
     blob_of: dict[str, str] = {}          # result key -> output blob (a key per element in "classification")
     if eval_type == "detection":
