@@ -43,6 +43,10 @@ class DataSpec:
     build: str                       # scratchdet command that converts raw -> LMDBs ({raw}, {lmdb})
     download: tuple[str, ...] = ()   # shell lines that fetch the raw data ({raw})
 
+    def raw_folder(self, given: str | None = None) -> str:
+        """The raw data folder: ``given``, else the environment variable, else the default."""
+        return given or os.environ.get(self.raw_env) or self.raw_default
+
 
 DATA = {
     "voc07": DataSpec(
@@ -124,7 +128,7 @@ def plan_experiment(target: str, lmdb_dir: str = LMDB_DIR, gpus: int = 4,
                               f"{', '.join(sorted(EXPERIMENTS) + ['table1', 'table2'])}")
     spec = DATA[data_key]
     plan = Plan(target)
-    raw = raw_root or os.environ.get(spec.raw_env) or spec.raw_default
+    raw = spec.raw_folder(raw_root)
     missing = [d for d in spec.lmdbs if not (Path(lmdb_dir) / d / "data.mdb").exists()]
     if missing:
         if not (Path(raw) / spec.raw_marker).exists():
@@ -161,10 +165,10 @@ def _solver_outputs(solver_path: str) -> tuple[str, int]:
 
 SAMPLE_IMAGES = "{sample_test_images}"   # expanded when the command runs (the data set exists by then)
 DEMO_SAMPLES = 6
-EXIT_DIVERGED = 3                          # scratchdet train: the loss became non-finite (recorded as NAN)
-
-
 DEMO_IMAGES = 1500                         # the synthetic set the demo nets are generated for (300 held out)
+# scratchdet train's exit status when the loss became non-finite (engine.train.EXIT_DIVERGED; not
+# imported: that module pulls in torch, and `scratchdet run` must stop at once when data are missing)
+EXIT_DIVERGED = 3
 
 
 def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = DEMO_IMAGES, detect: bool = True,
@@ -173,7 +177,7 @@ def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = DEMO_
     from .data.synthetic import TEST_EVERY
     spec = DATA["synthetic"]
     plan = Plan(name)
-    raw = os.environ.get(spec.raw_env) or spec.raw_default
+    raw = spec.raw_folder()
     if any(not (Path(LMDB_DIR) / d / "data.mdb").exists() for d in spec.lmdbs):
         plan.commands.append(spec.build.format(raw=raw, lmdb=LMDB_DIR, images=images))
     elif images != DEMO_IMAGES:
@@ -232,8 +236,7 @@ def run_plan(plan: Plan, dry_run: bool) -> int:
         argv = shlex.split(cmd)
         if SAMPLE_IMAGES in argv:
             i = argv.index(SAMPLE_IMAGES)
-            raw = os.environ.get(DATA["synthetic"].raw_env) or DATA["synthetic"].raw_default
-            argv[i:i + 1] = sample_test_images(raw)
+            argv[i:i + 1] = sample_test_images(DATA["synthetic"].raw_folder())
         argv = shlex.split(exe) + argv[1:] if argv[0] == "scratchdet" else argv
         rc = subprocess.call(argv)
         if rc == EXIT_DIVERGED and argv[len(shlex.split(exe))] == "train":

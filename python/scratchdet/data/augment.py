@@ -81,12 +81,6 @@ def intersection(a: np.ndarray, b) -> np.ndarray:
     return np.where(disjoint, 0.0, np.maximum(w, 0) * np.maximum(h, 0))
 
 
-def jaccard(a: np.ndarray, b) -> np.ndarray:
-    inter = intersection(a, b)
-    union = box_size(a) + box_size(np.asarray(b, np.float64)) - inter
-    return np.where(inter > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def clip_box(b) -> tuple[float, float, float, float]:
     return tuple(float(min(max(v, 0.0), 1.0)) for v in b)
 
