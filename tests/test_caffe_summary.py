@@ -71,3 +71,15 @@ def test_summary_of_a_bad_prototxt_is_one_line_and_exit_2(tmp_path, capsys):
     assert cli.main(["summary", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "strides" in err and "bad.prototxt" in err
+
+
+def test_summary_of_a_zero_stride_names_the_layer_and_field(tmp_path, capsys):
+    # stride 0 once divided by zero inside the shape rules (a traceback); Caffe CHECKs stride > 0
+    for old, new, layer, field in (("kernel_size: 3 stride: 2", "kernel_size: 3 stride: 0", "conv", "convolution_param.stride"),
+                                   ("kernel_size: 2 stride: 2", "kernel_size: 2 stride: 0", "pool", "pooling_param.stride")):
+        path = tmp_path / f"zero_{layer}.prototxt"
+        path.write_text(TINY.replace(old, new))
+        assert cli.main(["summary", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert path.name in err and repr(layer) in err and field in err and "> 0" in err, err

@@ -80,15 +80,20 @@ def _expand(values, default: int, ndim: int = 2) -> list[int]:
     return values * ndim if len(values) == 1 else values
 
 
-def conv_geometry(cp) -> tuple[list[int], list[int], list[int], list[int]]:
-    """(kernel, stride, pad, dilation) of a ConvolutionParameter, honouring the _h/_w fields."""
+def conv_geometry(cp, where: str = "convolution_param") -> tuple[list[int], list[int], list[int], list[int]]:
+    """(kernel, stride, pad, dilation) of a ConvolutionParameter, honouring the _h/_w fields.
+    A zero stride or dilation is rejected here (Caffe CHECKs both > 0), before any division by it."""
     k = [cp.kernel_h, cp.kernel_w] if cp.HasField("kernel_h") else _expand(cp.kernel_size, 0)
     s = [cp.stride_h, cp.stride_w] if cp.HasField("stride_h") else _expand(cp.stride, 1)
     p = [cp.pad_h, cp.pad_w] if (cp.HasField("pad_h") or cp.HasField("pad_w")) else _expand(cp.pad, 0)
-    return k, s, p, _expand(cp.dilation, 1)
+    d = _expand(cp.dilation, 1)
+    for field, values in (("stride", s), ("dilation", d)):
+        if any(v <= 0 for v in values):
+            raise ScratchDetError(f"{where}: convolution_param.{field} must be > 0, got {list(values)}")
+    return k, s, p, d
 
 
-def pool_geometry(pp, h: int, w: int):
+def pool_geometry(pp, h: int, w: int, where: str = "pooling_param"):
     """(kh, kw, sh, sw, ph, pw, out_h, out_w) of Caffe's pooling: ceil rounding, then the rule
     that the last window must start inside the image (pad included)."""
     if pp.global_pooling:
@@ -97,6 +102,8 @@ def pool_geometry(pp, h: int, w: int):
         kh, kw = (pp.kernel_h, pp.kernel_w) if pp.HasField("kernel_h") else (pp.kernel_size,) * 2
         sh, sw = (pp.stride_h, pp.stride_w) if pp.HasField("stride_h") else (pp.stride,) * 2
         ph, pw = (pp.pad_h, pp.pad_w) if (pp.HasField("pad_h") or pp.HasField("pad_w")) else (pp.pad,) * 2
+    if sh <= 0 or sw <= 0:
+        raise ScratchDetError(f"{where}: pooling_param.stride must be > 0, got {[sh, sw]}")
     oh = int(math.ceil((h + 2 * ph - kh) / sh)) + 1
     ow = int(math.ceil((w + 2 * pw - kw) / sw)) + 1
     if ph and (oh - 1) * sh >= h + ph:
@@ -146,7 +153,7 @@ def _layer(lp, bottom_shapes, where):  # noqa: C901 - one branch per Caffe layer
         cp = lp.convolution_param
         if not cp.HasField("num_output"):
             raise ScratchDetError(f"{where}: convolution_param.num_output is required")
-        k, s, pd, d = conv_geometry(cp)
+        k, s, pd, d = conv_geometry(cp, where)
         if 0 in k:
             raise ScratchDetError(f"{where}: convolution kernel size must be set and > 0")
         n, c, h, w = b0
@@ -173,7 +180,7 @@ def _layer(lp, bottom_shapes, where):  # noqa: C901 - one branch per Caffe layer
         n, c, h, w = b0
         if not pp.global_pooling and not (pp.kernel_size or pp.kernel_h):
             raise ScratchDetError(f"{where}: pooling kernel size must be set")
-        oh, ow = pool_geometry(pp, h, w)[-2:]
+        oh, ow = pool_geometry(pp, h, w, where)[-2:]
         tops = [(n, c, oh, ow)]
     elif t == "BatchNorm":
         c = b0[1] if len(b0) > 1 else 1
