@@ -15,46 +15,31 @@ from pathlib import Path
 import pytest
 
 
-def _binary(env_var: str, name: str) -> str | None:
+def _referee(env_var: str, name: str) -> str:
+    """The binary named by ``env_var`` (else ``name`` on the PATH), or skip saying why it cannot be used."""
     given = os.environ.get(env_var)
-    if given:
-        return given if Path(given).is_file() and os.access(given, os.X_OK) else None
-    return shutil.which(name)
-
-
-def _runs(exe: str) -> str | None:
-    """None when the binary starts; otherwise why not (a missing runtime library, say)."""
+    exe = given if given else shutil.which(name)
+    if exe is None or not (Path(exe).is_file() and os.access(exe, os.X_OK)):
+        pytest.skip(f"caffe_ref: no {name} binary (set {env_var}=/path/to/{name})"
+                    + (f"; {env_var}={given} is not an executable file" if given else ""))
     try:
         r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     except OSError as e:
-        return f"{exe}: {e}"
-    out = r.stdout + r.stderr
-    if "error while loading shared libraries" in out or "not found" in out.splitlines()[0:1]:
-        return f"{exe} does not start: {out.strip().splitlines()[-1]}"
-    return None
+        pytest.skip(f"caffe_ref: {exe}: {e}")
+    # 127: the loader (or the shared build's wrapper) found a runtime library missing
+    if r.returncode == 127 or "error while loading shared libraries" in r.stderr:
+        pytest.skip(f"caffe_ref: {exe} does not start: {(r.stderr.strip().splitlines() or ['exit 127'])[-1]}")
+    return exe
 
 
 @pytest.fixture(scope="session")
 def caffe_bin() -> str:
-    exe = _binary("CAFFE_BIN", "caffe")
-    if exe is None:
-        pytest.skip("caffe_ref: no real Caffe SSD binary (set CAFFE_BIN=/path/to/caffe)")
-    why = _runs(exe)
-    if why:
-        pytest.skip(f"caffe_ref: {why}")
-    return exe
+    return _referee("CAFFE_BIN", "caffe")
 
 
 @pytest.fixture(scope="session")
 def convert_annoset_bin() -> str:
-    exe = _binary("CONVERT_ANNOSET", "convert_annoset")
-    if exe is None:
-        pytest.skip("caffe_ref: no convert_annoset binary (set CONVERT_ANNOSET=/path/to/convert_annoset)")
-    why = _runs(exe)
-    if why:
-        pytest.skip(f"caffe_ref: {why}")
-    return exe
-
+    return _referee("CONVERT_ANNOSET", "convert_annoset")
 
 
 @pytest.hookimpl(hookwrapper=True)

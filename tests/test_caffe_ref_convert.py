@@ -44,7 +44,11 @@ def synth_set(tmp_path_factory) -> tuple[Path, Path]:
     return root, lst
 
 
-def _ours(root: Path, lst: Path, out: Path) -> list[tuple[bytes, bytes]]:
+@pytest.fixture(scope="module")
+def ours(synth_set, tmp_path_factory) -> list[tuple[bytes, bytes]]:
+    """Our converter's records for the set, made once for both comparisons."""
+    root, lst = synth_set
+    out = tmp_path_factory.mktemp("ours") / "ours_lmdb"
     r = subprocess.run([sys.executable, "-m", "scratchdet", "data", "convert", "--root", str(root), "--list", str(lst),
                         "--out", str(out), "--labelmap", str(LABELMAP), "--check-label", "--quiet"],
                        capture_output=True, text=True, timeout=600)
@@ -52,9 +56,7 @@ def _ours(root: Path, lst: Path, out: Path) -> list[tuple[bytes, bytes]]:
     return _records(out)
 
 
-def test_converter_matches_recorded_convert_annoset_digests(synth_set, tmp_path):
-    root, lst = synth_set
-    ours = _ours(root, lst, tmp_path / "ours_lmdb")
+def test_converter_matches_recorded_convert_annoset_digests(ours):
     expected = json.loads(FIXTURE.read_text())["records"]
     got = [[k.decode(), hashlib.sha256(v).hexdigest()] for k, v in ours]
     assert len(got) == len(expected) == 24
@@ -64,7 +66,7 @@ def test_converter_matches_recorded_convert_annoset_digests(synth_set, tmp_path)
 
 
 @pytest.mark.caffe_ref
-def test_converter_byte_identical_to_real_convert_annoset(synth_set, tmp_path, convert_annoset_bin):
+def test_converter_byte_identical_to_real_convert_annoset(synth_set, ours, tmp_path, convert_annoset_bin):
     root, lst = synth_set
     ref = tmp_path / "ref_lmdb"
     r = subprocess.run([convert_annoset_bin, "--anno_type=detection", "--label_type=xml",
@@ -73,7 +75,6 @@ def test_converter_byte_identical_to_real_convert_annoset(synth_set, tmp_path, c
                        capture_output=True, text=True, timeout=600, env=dict(os.environ, GLOG_logtostderr="1"))
     assert r.returncode == 0, r.stderr[-2000:]
     theirs = _records(ref)
-    ours = _ours(root, lst, tmp_path / "ours_lmdb")
     assert len(theirs) == 24
     assert [k for k, _ in ours] == [k for k, _ in theirs]
     differing = [k.decode() for (k, a), (_, b) in zip(ours, theirs) if a != b]
