@@ -74,8 +74,13 @@ class Layer(nn.Module):
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:  # pragma: no cover
         raise NotImplementedError
 
+    @property
+    def where(self) -> str:
+        """How messages name this layer (also handed to the shared shape rules)."""
+        return f"layer {self.name!r} ({self.lp.type})"
+
     def error(self, message: str) -> ScratchDetError:
-        return ScratchDetError(f"layer {self.name!r} ({self.lp.type}): {message}")
+        return ScratchDetError(f"{self.where}: {message}")
 
 
 def build_layer(lp, phase: int, bottom_shapes, top_shapes) -> Layer:

@@ -26,7 +26,7 @@ class _ConvBase(Layer):
             raise self.error(f"needs 4-D bottoms (N, C, H, W), got {bottom_shapes}")
         if len(lp.top) != len(lp.bottom):
             raise self.error("needs one top per bottom")
-        kernel, stride, pad, dilation = conv_geometry(cp, f"layer {self.name!r} ({lp.type})")
+        kernel, stride, pad, dilation = conv_geometry(cp, self.where)
         if len(kernel) != 2 or 0 in kernel:
             raise self.error("needs a 2-D kernel with sizes > 0")
         self.kernel, self.stride, self.pad, self.dilation = (tuple(int(v) for v in x) for x in (kernel, stride, pad, dilation))

@@ -87,7 +87,7 @@ class Pooling(Layer):
             if pp.pad or pp.pad_h or pp.pad_w or pp.stride != 1 or pp.HasField("stride_h"):
                 raise self.error("global pooling needs pad 0 and stride 1")
         else:
-            kh, kw, _, _, ph, pw, _, _ = pool_geometry(pp, *bottom_shapes[0][2:], f"layer {self.name!r} (Pooling)")
+            kh, kw, _, _, ph, pw, _, _ = pool_geometry(pp, *bottom_shapes[0][2:], self.where)
             if ph >= kh or pw >= kw:
                 raise self.error(f"pad ({ph}, {pw}) must be smaller than the kernel ({kh}, {kw})")
         self._geometry: dict[tuple[int, int], _Geometry] = {}
