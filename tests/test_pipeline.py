@@ -88,6 +88,15 @@ def test_demo_dry_run_sequence_and_sample_images_placeholder(tmp_path):
     assert "--set num_test_image=60" in cmds[-6]               # 300 images, every 5th held out
     assert "--per-class" in cmds[-4]
     assert cmds[-3].endswith("{sample_test_images}")
+    # the demo net is not the paper's configuration, and the run says so before it starts
+    note = next(line for line in proc.stderr.splitlines() if line.startswith("note: demo_rootres"))
+    assert "no BatchNorm in the head (paper: with)" in note and "base lr 0.01 (paper: 0.05)" in note
+    assert "make voc07_rootres34" in note
+
+
+def test_paper_config_difference_is_silent_when_there_is_none():
+    from scratchdet.pipeline import paper_config_difference
+    assert paper_config_difference("voc07_rootres34") is None          # a paper variant imitates nothing
 
 
 def test_diverged_training_is_recorded_and_the_plan_goes_on(monkeypatch, capsys):

@@ -171,12 +171,42 @@ DEMO_IMAGES = 1500                         # the synthetic set the demo nets are
 EXIT_DIVERGED = 3
 
 
+def paper_config_difference(variant_id: str) -> str | None:
+    """How a demo net departs from the paper configuration it imitates (BatchNorm in the head,
+    base lr), in one sentence, or None. A newcomer's first run must not contradict the paper
+    without saying so."""
+    from prototxt_gen import registry
+    demo = registry.get(variant_id)
+    twins = [v for v in registry.all_variants()
+             if demo.analogue and v.paper_key == demo.analogue and v.profile == "paper"]
+    if not twins:
+        return None
+    paper = twins[0]
+    diffs = []
+    if demo.arch.bn_head != paper.arch.bn_head:
+        diffs.append(f"{'BatchNorm' if demo.arch.bn_head else 'no BatchNorm'} in the head "
+                     f"(paper: {'with' if paper.arch.bn_head else 'without'})")
+    if demo.base_lr != paper.base_lr:
+        diffs.append(f"base lr {demo.base_lr:g} (paper: {paper.base_lr:g})")
+    if not diffs:
+        return None
+    return (f"{variant_id} is not the paper's {paper.id} configuration: {', '.join(diffs)}. Over a few "
+            "hundred CPU iterations a BatchNorm head first shrinks its predictions and learns far slower, "
+            "and without it a higher lr diverges (README, 'make demo'). The paper's configuration: "
+            f"`make {paper.id}` on real data; its Table 1 pattern at toy scale: `make demo-table1`.")
+
+
 def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = DEMO_IMAGES, detect: bool = True,
               name: str = "demo") -> Plan:
     """The main job at toy scale on the embedded synthetic data, on whatever hardware is here."""
     from .data.synthetic import TEST_EVERY
     spec = DATA["synthetic"]
     plan = Plan(name)
+    if detect:   # the main demo (demo-table1 is itself a comparison of configurations)
+        for vid in variants:
+            difference = paper_config_difference(vid)
+            if difference:
+                plan.notes.append(difference)
     raw = spec.raw_folder()
     if any(not (Path(LMDB_DIR) / d / "data.mdb").exists() for d in spec.lmdbs):
         plan.commands.append(spec.build.format(raw=raw, lmdb=LMDB_DIR, images=images))
@@ -248,7 +278,8 @@ def run_plan(plan: Plan, dry_run: bool) -> int:
             print(f"scratchdet run: '{cmd}' failed (exit {rc}); stopping", file=sys.stderr)
             return rc
     if plan.outputs and not dry_run:
-        print("\n".join([f"{plan.name}: done."] + [f"  {line}" for line in plan.outputs]), flush=True)
+        print("\n".join([f"{plan.name}: done."] + [f"  {line}" for line in plan.outputs]
+                         + [f"note: {note}" for note in plan.notes]), flush=True)
     return 0
 
 
