@@ -99,8 +99,16 @@ def test_overlap_uses_the_plus_one_pixel_convention(tmp_path):
 
 # -- a devkit-style reference, written from VOCevaldet's loop -----------------------------------------
 
-def reference_class(det_rows, gt_images, cls):
-    npos = sum(1 for objs in gt_images.values() for o in objs if o[0] == cls and not o[5])
+def reference_area(b):
+    return max(b[2] - b[0] + 1, 0) * max(b[3] - b[1] + 1, 0)
+
+
+def reference_class(det_rows, gt_images, cls, area_range=None):
+    """VOCevaldet's loop; with ``area_range``, COCO's size rule: ground truth of other sizes
+    ignored as if difficult, unmatched detections of other sizes ignored."""
+    lo, hi = area_range or (-math.inf, math.inf)
+    ignored = {img: [o[5] or not lo <= reference_area(o[1:5]) < hi for o in objs] for img, objs in gt_images.items()}
+    npos = sum(1 for img, objs in gt_images.items() for j, o in enumerate(objs) if o[0] == cls and not ignored[img][j])
     order = sorted(range(len(det_rows)), key=lambda k: -det_rows[k][1])      # Python's sort is stable
     detected = {img: [False] * len(objs) for img, objs in gt_images.items()}
     tp, fp = [], []
@@ -116,16 +124,17 @@ def reference_class(det_rows, gt_images, cls):
                 ua = (bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1) + (g[2] - g[0] + 1) * (g[3] - g[1] + 1) - iw * ih
                 if iw * ih / ua > ovmax:
                     ovmax, jmax = iw * ih / ua, j
+        outside = not lo <= reference_area(bb) < hi
         if ovmax >= 0.5:
-            if gt_images[img][jmax][5]:
+            if ignored[img][jmax]:
                 tp.append(0), fp.append(0)
             elif not detected[img][jmax]:
                 detected[img][jmax] = True
                 tp.append(1), fp.append(0)
             else:
-                tp.append(0), fp.append(1)
+                tp.append(0), fp.append(0 if outside else 1)
         else:
-            tp.append(0), fp.append(1)
+            tp.append(0), fp.append(0 if outside else 1)
     ctp, cfp, rec, prec = 0, 0, [], []
     for t, f in zip(tp, fp):
         ctp, cfp = ctp + t, cfp + f
@@ -171,6 +180,42 @@ def test_random_set_matches_a_devkit_style_loop(tmp_path, seed):
         assert c.ap07 == pytest.approx(ap07, abs=1e-12), c.name
         assert c.ap_all == pytest.approx(ap_all, abs=1e-12), c.name
     assert r.map07 == pytest.approx(np.mean([c.ap07 for c in r.classes]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ap_by_size_matches_the_loop_with_cocos_size_rule(tmp_path, seed):
+    gt_images, det_rows = random_set(seed, n_images=40)
+    gt = make_gt(tmp_path, gt_images)
+    by_size = voc.evaluate_by_size({c: dets(rows) for c, rows in det_rows.items()}, gt, list(det_rows), sides=(40, 90))
+    assert [r.area_range for r in by_size.values()] == [(0, 1600), (1600, 8100), (8100, math.inf)]
+    for r in by_size.values():
+        scored = []
+        for c in r.classes:
+            ap07, ap_all, tp, fp = reference_class(det_rows[c.name], gt_images, c.name, r.area_range)
+            assert (c.tp, c.fp) == (tp, fp), c.name
+            if c.num_pos:
+                assert c.ap07 == pytest.approx(ap07, abs=1e-12) and c.ap_all == pytest.approx(ap_all, abs=1e-12)
+                scored.append(ap07)
+            else:
+                assert math.isnan(c.ap07)                   # no object of this size: out of the mean
+        assert r.map07 == pytest.approx(np.mean(scored))
+    # every counted object is in exactly one range
+    whole = voc.evaluate({c: dets(rows) for c, rows in det_rows.items()}, gt, list(det_rows))
+    assert sum(c.num_pos for r in by_size.values() for c in r.classes) == sum(c.num_pos for c in whole.classes)
+
+
+def test_ap_by_size_hand_case(tmp_path):
+    """A small and a large cat, both found, plus a large false alarm ranked first: the small
+    range ignores the large boxes (AP 1), the large range charges the false alarm."""
+    gt = make_gt(tmp_path, {"a": [("cat", 10, 10, 19, 19, False), ("cat", 100, 100, 299, 299, False)]})
+    d = {"cat": dets([("a", 0.9, 0, 200, 150, 360), ("a", 0.8, 10, 10, 19, 19), ("a", 0.7, 100, 100, 299, 299)])}
+    by_size = voc.evaluate_by_size(d, gt, ["cat"])
+    small, medium, large = by_size["small"].classes[0], by_size["medium"].classes[0], by_size["large"].classes[0]
+    assert (small.num_pos, small.tp, small.fp) == (1, 1, 0) and small.ap07 == pytest.approx(1.0)
+    assert (large.num_pos, large.tp, large.fp) == (1, 1, 1)
+    assert large.ap07 == pytest.approx(0.5)            # precision 1/2 at recall 1 at every 11-point step
+    assert medium.num_pos == 0 and math.isnan(by_size["medium"].map07)
+    assert "n/a" in voc.format_size_table(by_size).splitlines()[2]
 
 
 def test_lmdb_ground_truth_gives_the_xml_numbers(tmp_path):
@@ -235,6 +280,16 @@ def test_result_files_round_trip_and_cli(tmp_path, capsys):
                    "--imageset", str(tmp_path / "test.txt"), "--labelmap", str(labelmap)])
     text = capsys.readouterr().out
     assert rc == 0 and "mAP (VOC2007 11-point)" in text and f"{want.map07:.4f}" in text and "bird" in text
+    rc = cli.main(["eval", "voc", "--dets", str(tmp_path / "results"), "--annotations", str(tmp_path / "Annotations"),
+                   "--imageset", str(tmp_path / "test.txt"), "--labelmap", str(labelmap), "--by-size", "40,90", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    sizes = voc.evaluate_by_size(back, make_gt(tmp_path, gt_images), ["cat", "dog", "bird"], sides=(40, 90))
+    assert list(out["by_size"]) == ["small", "medium", "large"] and out["by_size"]["large"]["area_range"] == [8100, None]
+    for name, r in sizes.items():
+        assert out["by_size"][name]["map_11point"] == (None if math.isnan(r.map07) else pytest.approx(r.map07))
+    rc = cli.main(["eval", "voc", "--dets", str(tmp_path / "results"), "--annotations", str(tmp_path / "Annotations"),
+                   "--imageset", str(tmp_path / "test.txt"), "--by-size", "32"])
+    assert rc == 2 and "--by-size wants two side limits" in capsys.readouterr().err
 
 
 def test_bad_input_names_the_file_and_line(tmp_path, capsys):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,6 +33,10 @@ def add_arguments(parser) -> None:
     p.add_argument("--labelmap", help=f"label map naming the classes (default: the 20 VOC classes for XML; {VOC_LABELMAP} for --lmdb)")
     p.add_argument("--iou", type=float, default=0.5, help="overlap threshold (default 0.5, VOC)")
     p.add_argument("--use-difficult", action="store_true", help="count difficult objects as positives (the devkit ignores them)")
+    p.add_argument("--by-size", nargs="?", const="32,96", metavar="SMALL,LARGE",
+                   help="also the mAP of small / medium / large objects: box side sqrt(area) below SMALL, "
+                        "up to LARGE, above (pixels of the original image; default COCO's 32,96, which "
+                        "suit ~640-pixel images: scale them with yours)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -96,14 +101,46 @@ def _voc(args) -> int:
             dets[name] = class_dets
     result = voc.evaluate(dets, gt, classes, args.iou, args.use_difficult)
     result.warnings[:0] = warnings
+    by_size = voc.evaluate_by_size(dets, gt, classes, args.iou, args.use_difficult,
+                                   _size_sides(args.by_size)) if args.by_size else None
     if args.json:
-        print(json.dumps(result.to_dict(), indent=1))
+        out = result.to_dict()
+        if by_size:
+            out["by_size"] = {name: {"area_range": list(r.area_range), "num_pos": sum(c.num_pos for c in r.classes),
+                                     "map_11point": r.map07, "map_all_point": r.map_all,
+                                     "classes": [c.to_dict() for c in r.classes]} for name, r in by_size.items()}
+        print(json.dumps(_json_safe(out), indent=1))
     else:
         _warn(result.warnings)
         print(f"VOC evaluation: {len(gt.images)} images, {len(classes)} classes, IoU >= {args.iou:g}, "
               f"difficult objects {'counted' if args.use_difficult else 'ignored'}")
         print(result.format_table())
+        if by_size:
+            print("by object size (COCO's rule: objects and unmatched detections of other sizes ignored; "
+                  "a class without objects of a size is left out of that mean):")
+            print(voc.format_size_table(by_size))
     return 0
+
+
+def _json_safe(value):
+    """NaN (no objects of a size) and inf (the open upper limit) as null: JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _size_sides(text: str) -> tuple[float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise ScratchDetError(f"--by-size wants two side limits in pixels, SMALL,LARGE (e.g. 32,96), got {text!r}")
+    return values
 
 
 def _coco(args) -> int:

@@ -11,9 +11,16 @@ not counted as positives. Anything else is a false positive. Both AP rules are r
 A class with no detections scores 0 and still counts in the mean, as in the devkit and in Caffe's
 solver; a class without any (non-difficult) ground truth also scores 0 (the devkit would divide by
 zero) and is reported in the warnings.
+
+AP by object size (``evaluate_by_size``) carries COCO's area ranges over to these rules: within a
+range, ground truth outside it is ignored like a difficult box (a detection matching it is neither
+TP nor FP) and a detection outside it that matches nothing counted is ignored too, so a small-object
+AP is not charged for the large boxes a detector finds. Areas use the same +1 pixel convention.
+A class without ground truth in a range is left out of that range's mean (COCO's -1).
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -26,6 +33,7 @@ from .detfiles import ClassDetections
 from .groundtruth import GroundTruth
 
 IOU_THRESHOLD = 0.5   # VOCopts.minoverlap
+COCO_SIZE_SIDES = (32, 96)   # COCO's small/medium/large limits, as sqrt(area) in pixels
 
 
 @dataclass
@@ -52,14 +60,21 @@ class VOCResult:
     iou_threshold: float = IOU_THRESHOLD
     use_difficult: bool = False
     warnings: list[str] = field(default_factory=list)
+    area_range: tuple[float, float] | None = None
+
+    def _mean(self, values) -> float:
+        if self.area_range is None:
+            return ap_math.mean(values)
+        scored = [v for v in values if not math.isnan(v)]      # classes with objects of this size
+        return ap_math.mean(scored) if scored else float("nan")
 
     @property
     def map07(self) -> float:
-        return ap_math.mean(c.ap07 for c in self.classes)
+        return self._mean([c.ap07 for c in self.classes])
 
     @property
     def map_all(self) -> float:
-        return ap_math.mean(c.ap_all for c in self.classes)
+        return self._mean([c.ap_all for c in self.classes])
 
     def by_name(self) -> dict[str, ClassResult]:
         return {c.name: c for c in self.classes}
@@ -96,11 +111,28 @@ def overlaps(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
     return np.where((iw > 0) & (ih > 0), ov, -np.inf)
 
 
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """Pixel areas with the devkit's +1 convention (a box spans ``xmax - xmin + 1`` pixels)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.maximum(b[:, 2] - b[:, 0] + 1, 0) * np.maximum(b[:, 3] - b[:, 1] + 1, 0)
+
+
+def in_area_range(boxes: np.ndarray, area_range: tuple[float, float] | None) -> np.ndarray:
+    """Which boxes have ``lo <= area < hi``; all of them without a range."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    if area_range is None:
+        return np.ones(len(boxes), bool)
+    areas = box_areas(boxes)
+    return (areas >= area_range[0]) & (areas < area_range[1])
+
+
 def match_class(dets: ClassDetections, truth: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                iou_threshold: float = IOU_THRESHOLD, use_difficult: bool = False, class_name: str = "?"
-                ) -> tuple[np.ndarray, np.ndarray]:
+                iou_threshold: float = IOU_THRESHOLD, use_difficult: bool = False, class_name: str = "?",
+                area_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """0/1 flags (tp, fp) of one class's detections in ranked order. ``truth``: image id ->
-    (boxes [G, 4], difficult [G]) of this class, for every image of the test set."""
+    (boxes [G, 4], difficult [G]) of this class, for every image of the test set. With
+    ``area_range``, a false positive whose own box lies outside the range is ignored (the caller
+    marks ground truth outside it as difficult)."""
     n = len(dets)
     tp, fp = np.zeros(n, np.int64), np.zeros(n, np.int64)
     if n == 0:
@@ -132,29 +164,37 @@ def match_class(dets: ClassDetections, truth: Mapping[str, tuple[np.ndarray, np.
         flags[first] = True
         tp[counted_ranks[flags]] = 1
         fp[counted_ranks[~flags]] = 1                 # later hits on an already detected box
+    if area_range is not None:
+        fp[~in_area_range(boxes, area_range)] = 0     # boxes are in ranked order, as fp
     return tp, fp
 
 
-def class_truth(gt: GroundTruth, name: str, use_difficult: bool) -> tuple[dict, int]:
+def class_truth(gt: GroundTruth, name: str, use_difficult: bool,
+                area_range: tuple[float, float] | None = None) -> tuple[dict, int]:
+    """Per image (boxes, ignored) of one class, and the number of objects that count: ignored are
+    the difficult ones (unless ``use_difficult``) and those outside ``area_range``."""
     truth, num_pos = {}, 0
     for image, t in gt.images.items():
         boxes, difficult = t.of_class(name)
         if use_difficult:
             difficult = np.zeros(len(boxes), bool)
+        difficult = difficult | ~in_area_range(boxes, area_range)
         truth[image] = (boxes, difficult)
         num_pos += int((~difficult).sum())
     return truth, num_pos
 
 
 def evaluate(dets: Mapping[str, ClassDetections], gt: GroundTruth, classes: Iterable[str],
-             iou_threshold: float = IOU_THRESHOLD, use_difficult: bool = False) -> VOCResult:
-    """Per-class AP (both rules) and their means over ``classes``."""
+             iou_threshold: float = IOU_THRESHOLD, use_difficult: bool = False,
+             area_range: tuple[float, float] | None = None) -> VOCResult:
+    """Per-class AP (both rules) and their means over ``classes``; with ``area_range`` (pixel
+    areas ``[lo, hi)``), only the objects of that size count (module docstring)."""
     classes = list(classes)
     if not classes:
         raise ScratchDetError("VOC evaluation: no classes to evaluate")
     if not gt.images:
         raise ScratchDetError(f"VOC evaluation: no ground-truth images in {gt.source or 'the ground truth'}")
-    result = VOCResult([], iou_threshold, use_difficult)
+    result = VOCResult([], iou_threshold, use_difficult, area_range=area_range)
     extra = sorted(set(gt.class_names()) - set(classes))
     if extra:
         result.warnings.append(f"ground-truth classes not evaluated (not in the class list): {', '.join(extra)}")
@@ -163,19 +203,52 @@ def evaluate(dets: Mapping[str, ClassDetections], gt: GroundTruth, classes: Iter
         result.warnings.append(f"detections of classes not evaluated: {', '.join(unknown)}")
     for name in classes:
         class_dets = dets.get(name) or ClassDetections.empty()
-        truth, num_pos = class_truth(gt, name, use_difficult)
-        tp, fp = match_class(class_dets, truth, iou_threshold, use_difficult, name)
+        truth, num_pos = class_truth(gt, name, use_difficult, area_range)
+        # use_difficult is already folded into the ignored flags of ``truth``
+        tp, fp = match_class(class_dets, truth, iou_threshold, False, name, area_range)
         prec, rec = ap_math.precision_recall(tp, fp, num_pos)
-        if num_pos == 0:
+        if num_pos == 0 and area_range is not None:
+            ap07 = ap_all = float("nan")              # no object of this size: not in this range's mean
+        elif num_pos == 0:
             result.warnings.append(f"class {name!r} has no ground-truth objects: AP counted as 0")
             ap07 = ap_all = 0.0
         else:
             ap07, ap_all = ap_math.voc07_ap(prec, rec), ap_math.voc_all_point_ap(prec, rec)
-        if len(class_dets) == 0 and num_pos > 0:
+        if len(class_dets) == 0 and num_pos > 0 and area_range is None:
             result.warnings.append(f"class {name!r} has no detections: AP 0")
         result.classes.append(ClassResult(name, num_pos, len(class_dets), int(tp.sum()), int(fp.sum()),
                                           int(len(class_dets) - tp.sum() - fp.sum()), ap07, ap_all, prec, rec))
     return result
+
+
+def size_ranges(sides: tuple[float, float] = COCO_SIZE_SIDES) -> dict[str, tuple[float, float]]:
+    """small / medium / large pixel-area ranges from two side limits (COCO: 32 and 96 pixels;
+    scale them with the images, e.g. x 300/640 for ~300-pixel images against COCO's ~640)."""
+    small, large = (float(v) for v in sides)
+    if not 0 < small < large:
+        raise ScratchDetError(f"object size limits must satisfy 0 < small < large, got {small:g}, {large:g}")
+    return {"small": (0.0, small ** 2), "medium": (small ** 2, large ** 2), "large": (large ** 2, math.inf)}
+
+
+def evaluate_by_size(dets: Mapping[str, ClassDetections], gt: GroundTruth, classes: Iterable[str],
+                     iou_threshold: float = IOU_THRESHOLD, use_difficult: bool = False,
+                     sides: tuple[float, float] = COCO_SIZE_SIDES) -> dict[str, VOCResult]:
+    """The evaluation once per object size range (module docstring), keyed small/medium/large."""
+    classes = list(classes)
+    return {name: evaluate(dets, gt, classes, iou_threshold, use_difficult, area_range)
+            for name, area_range in size_ranges(sides).items()}
+
+
+def format_size_table(by_size: Mapping[str, VOCResult]) -> str:
+    """One line per size range: its limits, the objects that count, and both mAPs."""
+    lines = [f"{'size':<7} {'area (pixels)':>19} {'GT':>6}  {'mAP 11pt':>8} {'mAP all':>8}"]
+    for name, r in by_size.items():
+        lo, hi = r.area_range
+        limits = f"[{lo:g}, {hi:g})" if math.isfinite(hi) else f">= {lo:g}"
+        gt_count = sum(c.num_pos for c in r.classes)
+        fmt = lambda v: "n/a" if math.isnan(v) else f"{100 * v:.2f}"   # noqa: E731
+        lines.append(f"{name:<7} {limits:>19} {gt_count:>6}  {fmt(r.map07):>8} {fmt(r.map_all):>8}")
+    return "\n".join(lines)
 
 
 def default_classes(gt: GroundTruth) -> list[str]:
