@@ -156,3 +156,34 @@ def test_workers_start_after_opencv_was_used_in_the_parent(db):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[0, 1]"
+
+
+def test_encoded_records_take_caffes_jpeg_round_trip_after_a_crop(tmp_path, monkeypatch):
+    """Caffe writes a sampled crop back as a JPEG (OpenCV's default quality, 95) and decodes it
+    again; the test nets' empty ``batch_sampler {}`` crops every image to itself, so every test
+    image goes through one round trip. Without a sampler, or with SCRATCHDET_JPEG_ROUNDTRIP=0,
+    the stored pixels come through."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)              # texture: JPEG changes it
+    rec = pb.AnnotatedDatum(type=pb.AnnotatedDatum.BBOX)
+    rec.datum.data = cv2.imencode(".png", img)[1].tobytes()
+    rec.datum.encoded, rec.datum.channels, rec.datum.height, rec.datum.width = True, 3, H, W
+    path = tmp_path / "textured_lmdb"
+    with LMDBWriter(path) as w:
+        w.put(record_key(0, "img0.png"), rec.SerializeToString())
+    round_trip = cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1], cv2.IMREAD_COLOR)
+    assert np.abs(round_trip.astype(int) - img).max() > 0
+
+    def first_image(samplers, env=None):
+        if env is None:
+            monkeypatch.delenv("SCRATCHDET_JPEG_ROUNDTRIP", raising=False)
+        else:
+            monkeypatch.setenv("SCRATCHDET_JPEG_ROUNDTRIP", env)
+        data = layer(path, batch=1, phase=TEST, samplers=samplers).forward()[0].numpy()[0]
+        return data.transpose(1, 2, 0)
+
+    np.testing.assert_array_equal(first_image("batch_sampler { }"), round_trip.astype(np.float32))
+    np.testing.assert_array_equal(first_image(""), img.astype(np.float32))
+    np.testing.assert_array_equal(first_image("batch_sampler { }", env="0"), img.astype(np.float32))
+    with pytest.raises(ScratchDetError, match="SCRATCHDET_JPEG_ROUNDTRIP='maybe'"):
+        first_image("batch_sampler { }", env="maybe")

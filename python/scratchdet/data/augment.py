@@ -9,9 +9,13 @@ and scale, giving a float CHW BGR array. Boxes follow every geometric step with 
 
 Randomness comes from a ``numpy.random.Generator`` passed in, so a sample is a pure function of
 (record, seed). The draws follow Caffe's order step by step but cannot reproduce its boost
-stream. Caffe re-encodes the image as JPEG after distort, expand and crop (it keeps datums
-encoded); that costs time and adds compression noise, so here it is an option, off by default
-(``reencode_jpeg=True`` turns it on).
+stream. Caffe keeps an encoded datum encoded: after distort, after an expansion and after a
+batch sampler's crop it writes the image back as a JPEG at OpenCV's default quality (95) and
+decodes it again for the next step. Each round trip changes pixels by compression noise, and the
+SSD test nets' empty ``batch_sampler {}`` makes one for every test image (measured on the
+synthetic set: mean |pixel - mean| 41.209 in real Caffe's data blob, 41.261 from the stored JPEG,
+41.209 after one cv2 round trip). ``reencode_jpeg`` turns the round trips on; the AnnotatedData
+layer does it for encoded records, as Caffe does.
 """
 from __future__ import annotations
 
@@ -469,21 +473,24 @@ class Augmenter:
             h, w = self.crop_hw
         return int(h), int(w)
 
-    def __call__(self, sample: Sample, rng) -> tuple[np.ndarray, Sample]:
+    def __call__(self, sample: Sample, rng, jpeg_roundtrip: bool | None = None) -> tuple[np.ndarray, Sample]:
+        """``jpeg_roundtrip``: Caffe's re-encoding after distort / expand / crop (default:
+        ``reencode_jpeg``)."""
         tp = self.tp
+        reencode_jpeg = self.reencode_jpeg if jpeg_roundtrip is None else jpeg_roundtrip
         if tp.HasField("distort_param"):
             img = distort(sample.image, tp.distort_param, rng)
-            sample = replace(sample, image=reencode(img) if self.reencode_jpeg else img)
+            sample = replace(sample, image=reencode(img) if reencode_jpeg else img)
         if tp.HasField("expand_param"):
             expanded = expand(sample, tp.expand_param, self.mean, rng, self.emit)
-            if expanded is not sample and self.reencode_jpeg:
+            if expanded is not sample and reencode_jpeg:
                 expanded = replace(expanded, image=reencode(expanded.image))
             sample = expanded
         if self.batch_samplers:
             pool = generate_batch_samples(sample.boxes.astype(np.float64), self.batch_samplers, rng)
             if pool:
                 sample = crop(sample, pool[int(rng.integers(len(pool)))], self.emit)
-                if self.reencode_jpeg:
+                if reencode_jpeg:
                     sample = replace(sample, image=reencode(sample.image))
         return self.transform(sample, rng)
 

@@ -14,6 +14,10 @@ and a resumed run continues it exactly (``seek``). Unlike Caffe, the TEST phase 
 first record at every test pass (the trainer seeks to 0), so each pass scores the same images.
 An optional ``shuffle`` (off by default; Caffe never shuffles) visits records in a per-epoch
 permutation drawn from the seed instead of key order.
+
+Encoded records go through Caffe's JPEG round trips after distort, expand and crop (see
+``data.augment``), the test nets' identity crop included. ``SCRATCHDET_JPEG_ROUNDTRIP=0`` turns
+them off: faster, and the pixels are the stored ones, but no longer what Caffe's layer gives.
 """
 from __future__ import annotations
 
@@ -32,6 +36,13 @@ from ...errors import ScratchDetError
 from .base import Layer, register
 
 EMPTY_LABEL_ROW = (-1.0,) * 8
+
+
+def jpeg_roundtrip_default() -> bool:
+    env = os.environ.get("SCRATCHDET_JPEG_ROUNDTRIP", "1").strip().lower()
+    if env not in ("0", "1", "false", "true", "no", "yes", "off", "on"):
+        raise ScratchDetError(f"SCRATCHDET_JPEG_ROUNDTRIP={env!r}: use 1 (Caffe's re-encoding, the default) or 0")
+    return env in ("1", "true", "yes", "on")
 
 
 def default_workers() -> int:
@@ -56,6 +67,7 @@ class BatchSource(torch.utils.data.Dataset):
         self.seed, self.rank, self.world, self.shuffle = int(seed), rank, world, shuffle
         self.out_hw = out_hw
         self.name = name
+        self.jpeg_roundtrip = jpeg_roundtrip_default()
         self._n = len(db)
         self._perm_epoch, self._perm = None, None
 
@@ -85,7 +97,8 @@ class BatchSource(torch.utils.data.Dataset):
             out, _ = self.augmenter.transform(Sample.make(image), rng)
             return out, int(record.datum.label)
         labels, boxes, difficult, ids = annotations(record)
-        out, kept = self.augmenter(Sample.make(image, labels, boxes, difficult, ids), rng)
+        out, kept = self.augmenter(Sample.make(image, labels, boxes, difficult, ids), rng,
+                                   jpeg_roundtrip=self.jpeg_roundtrip and record.datum.encoded)
         if self.out_hw is not None and out.shape[1:] != tuple(self.out_hw):
             raise ScratchDetError(f"layer {self.name!r}: record {index} gives a {out.shape[1]}x{out.shape[2]} "
                                   f"image, the layer's shape is {self.out_hw[0]}x{self.out_hw[1]}")
