@@ -120,6 +120,11 @@ def data_layers(net):
     return [layer for layer in net.layers if isinstance(layer, AnnotatedDataLayer)]
 
 
+def detection_output_layers(net):
+    from .layers.ssd import DetectionOutput
+    return [layer for layer in net.layers if isinstance(layer, DetectionOutput)]
+
+
 def images_per_forward(net) -> int:
     layers = data_layers(net)
     return layers[0].batch_size if layers else 1
@@ -196,6 +201,7 @@ def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str
     also logs ``Test loss`` (``compute_loss``) and the ``Test net output`` lines as the solver does."""
     for layer in data_layers(net):
         layer.seek(0)
+    saving = [layer for layer in detection_output_layers(net) if layer.enable_saving()]
     outputs = list(net.output_names)
     collected: dict[str, list] = {name: [] for name in outputs}
     loss_total = 0.0
@@ -212,6 +218,8 @@ def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str
             collected[name].append(blobs[name].detach().float().cpu().numpy())
     for layer in data_layers(net):
         layer.close()
+    for layer in saving:
+        layer.saver = None               # a later forward outside a test pass writes nothing
     # loss weights are the net's, the same every pass: read them once from the last one
     loss_weights = {name: w for name, w, _ in net.loss_outputs(blobs)} if blobs is not None else {}
     results: dict[str, float] = {}

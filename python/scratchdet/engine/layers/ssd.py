@@ -289,6 +289,16 @@ class DetectionOutput(Layer):
         self.code_type = int(dp.code_type)
         self.var_in_target = bool(dp.variance_encoded_in_target)
         self.share_location = bool(dp.share_location)
+        self.saver = None              # result files of test passes: see enable_saving
+
+    def enable_saving(self) -> bool:
+        """Write ``save_output_param``'s result files from now on (test passes only; see
+        detection_save). False when the parameters ask for none."""
+        from .detection_save import DetectionSaver
+        self.saver = DetectionSaver.from_param(self.lp.detection_output_param, self.num_classes, self.where)
+        if self.saver is not None:
+            self.saver.enable()
+        return self.saver is not None
 
     def detect(self, loc: np.ndarray, conf: np.ndarray, priors: np.ndarray, variances: np.ndarray) -> np.ndarray:
         """Rows [K, 7] for a batch given numpy loc [N, P, L, 4] and conf [N, P, C]."""
@@ -332,6 +342,8 @@ class DetectionOutput(Layer):
         loc_np = loc.detach().to("cpu", torch.float32).numpy().reshape(num, n_p, -1, 4)
         conf_np = conf.detach().to("cpu", torch.float32).numpy().reshape(num, n_p, self.num_classes)
         rows = self.detect(loc_np, conf_np, pbox, var)
+        if self.saver is not None:
+            self.saver.add(rows, num)
         return (torch.from_numpy(rows).reshape(1, 1, -1, 7).to(loc.device),)
 
 

@@ -1,0 +1,199 @@
+"""DetectionOutput's ``save_output_param`` (the SSD fork): the detections of a test pass written as
+result files, which is how SSD users get VOC ``comp4_det_test_<class>.txt`` files for the devkit
+or a COCO results JSON.
+
+What the fork does, and what is kept:
+- The layer counts the images it sees; image ``k`` of a pass takes name and (height, width) from
+  line ``k`` of ``name_size_file``. After ``num_test_image`` images (default: every line) the
+  files are written and the count starts again, so a solver's periodic test passes each rewrite
+  them. (Each pass starts at the first name here; the fork carries its count over, which only
+  differs when a pass is not ``num_test_image`` images long and then names images wrongly.)
+- Each box is clipped to [0, 1] and scaled by the original width and height (OutputBBox without a
+  ``resize_param``). Coordinates are rounded to 1/100 pixel and then truncated to integers
+  (``static_cast<int>``); x/y are the truncated minimum, and the maximum is written as minimum +
+  truncated size, so ``xmax`` can be one pixel less than the scaled corner.
+- VOC: one ``<prefix><class name>.txt`` per non-background class (empty when it has none), lines
+  ``image score xmin ymin xmax ymax`` in detection order, the score printed as a C++ stream does
+  (6 significant digits). COCO: ``<prefix>.json``, ``[{"image_id", "category_id", "bbox": [x, y, w,
+  h], "score"}, ...]`` with the category as the label map's name.
+
+Where this deliberately differs: the fork deletes ``output_directory`` recursively when the layer
+is set up and truncates the files at the start of each pass; here the folder is only created and
+each file is replaced atomically when its pass is complete, so nothing of a user's is lost. The
+fork also writes from any net holding the layer (a deploy net run on a few images silently counts
+towards ``num_test_image`` with the test set's names); here only test passes write (the driver
+calls ``enable``), never ``scratchdet detect``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import ScratchDetError
+
+FORMATS = ("VOC", "COCO")
+
+
+def read_name_size(path, where: str) -> list[tuple[str, int, int]]:
+    """``name height width`` lines, read as ``infile >> name >> height >> width`` does: stops at the
+    first line that does not parse."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ScratchDetError(f"{where}: cannot read save_output_param.name_size_file {path} ({exc.strerror})") from None
+    out = []
+    fields = text.split()
+    for k in range(0, len(fields) - 2, 3):
+        name, h, w = fields[k:k + 3]
+        try:
+            out.append((name, int(h), int(w)))
+        except ValueError:
+            break
+    if not out:
+        raise ScratchDetError(f"{where}: save_output_param.name_size_file {path} holds no 'name height width' line")
+    return out
+
+
+def cpp_float(value: float) -> str:
+    """A float as ``std::ostream << float`` prints it: %g with 6 significant digits."""
+    return f"{float(np.float32(value)):.6g}"
+
+
+def scaled_box(box, height: int, width: int) -> np.ndarray:
+    """OutputBBox without resize_param: the normalized box clipped to [0, 1], times the original
+    width and height, in float32."""
+    b = np.clip(np.asarray(box, np.float32), np.float32(0), np.float32(1))
+    return b * np.asarray([width, height, width, height], np.float32)
+
+
+def hundredths(v) -> float:
+    """``round(v * 100) / 100.`` in the fork's float arithmetic (C ``round``: halves away from 0)."""
+    scaled = np.float32(v) * np.float32(100)
+    return float(np.float32(np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5)) / 100.0))
+
+
+def voc_box(box: np.ndarray) -> tuple[int, int, int, int]:
+    """(xmin, ymin, xmax, ymax) integers as the VOC writer prints a scaled box: rounded to 1/100
+    pixel, truncated (``static_cast<int>``); the maximum is the minimum plus the truncated size."""
+    x0, y0, x1, y1 = (np.float32(v) for v in box)
+    xmin, ymin = int(hundredths(x0)), int(hundredths(y0))
+    return xmin, ymin, xmin + int(hundredths(x1 - x0)), ymin + int(hundredths(y1 - y0))
+
+
+class DetectionSaver:
+    """Collects one test pass of DetectionOutput rows and writes the result files (module doc)."""
+
+    def __init__(self, sp, label_names: dict[int, str], background: int, num_classes: int, where: str):
+        self.where = where
+        self.directory = Path(sp.output_directory)
+        self.prefix = sp.output_name_prefix
+        self.format = sp.output_format or "VOC"
+        if self.format not in FORMATS:
+            raise ScratchDetError(f"{where}: save_output_param.output_format {self.format!r} is not supported "
+                                  f"(known: {', '.join(FORMATS)})")
+        if sp.HasField("resize_param"):
+            raise ScratchDetError(f"{where}: save_output_param.resize_param is not supported (boxes are written "
+                                  "in the original image size from name_size_file)")
+        self.names = read_name_size(sp.name_size_file, where)
+        self.num_test_image = int(sp.num_test_image) if sp.HasField("num_test_image") else len(self.names)
+        if not 0 < self.num_test_image <= len(self.names):
+            raise ScratchDetError(f"{where}: save_output_param.num_test_image {self.num_test_image} must be in "
+                                  f"1..{len(self.names)} (the lines of {sp.name_size_file})")
+        self.classes = [(c, label_names[c]) for c in range(num_classes) if c != background and c in label_names]
+        missing = [c for c in range(num_classes) if c != background and c not in label_names]
+        if missing:
+            raise ScratchDetError(f"{where}: label {missing[0]} is not in save_output_param.label_map_file "
+                                  f"{sp.label_map_file}")
+        self.label_names = label_names
+        self.enabled = False
+        self.count = 0
+        self.pending: list[tuple[int, int, float, np.ndarray]] = []   # name index, label, score, pixel box
+
+    @classmethod
+    def from_param(cls, dp, num_classes: int, where: str) -> "DetectionSaver | None":
+        """The saver a DetectionOutput's parameters ask for, or None (as the fork, no folder, label
+        map or name-size file means nothing is saved)."""
+        sp = dp.save_output_param
+        if not (sp.output_directory and sp.label_map_file and sp.name_size_file):
+            return None
+        from ...caffe import io
+        try:
+            labelmap = io.read_labelmap(sp.label_map_file)
+        except ScratchDetError as exc:
+            raise ScratchDetError(f"{where}: save_output_param.label_map_file: {exc}") from None
+        names = {int(item.label): item.name for item in labelmap.item}
+        return cls(sp, names, int(dp.background_label_id), num_classes, where)
+
+    def enable(self) -> None:
+        self.enabled = True
+        self.count = 0
+        self.pending = []
+
+    def add(self, rows: np.ndarray, num: int) -> list[Path]:
+        """Book one forward's rows ([K, 7], image index within the batch) for its ``num`` images;
+        returns the files written when a pass completed."""
+        if not self.enabled:
+            return []
+        rows = np.asarray(rows, np.float32).reshape(-1, 7)
+        written: list[Path] = []
+        for i in range(num):
+            name_index = self.count
+            for row in rows[rows[:, 0] == i]:
+                label = int(row[1])
+                if label == -1:                 # the "nothing found" filler row
+                    continue
+                _, h, w = self.names[name_index]
+                self.pending.append((name_index, label, float(row[2]), scaled_box(row[3:7], h, w)))
+            self.count += 1
+            if self.count % self.num_test_image == 0:
+                written = self.write()
+                self.count, self.pending = 0, []
+        return written
+
+    def write(self) -> list[Path]:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if self.format == "VOC":
+                return [self._replace(self.directory / f"{self.prefix}{name}.txt", self._voc_text(label))
+                        for label, name in self.classes]
+            return [self._replace(self.directory / f"{self.prefix}.json", self._coco_text())]
+        except OSError as exc:
+            raise ScratchDetError(f"{self.where}: cannot write detections to {self.directory} "
+                                  f"({exc.strerror or exc})") from None
+
+    def _voc_text(self, label: int) -> str:
+        lines = []
+        for k, lab, score, box in self.pending:
+            if lab == label:
+                x0, y0, x1, y1 = voc_box(box)
+                lines.append(f"{self.names[k][0]} {cpp_float(score)} {x0} {y0} {x1} {y1}\n")
+        return "".join(lines)
+
+    def _coco_text(self) -> str:
+        dets = []
+        for k, label, score, box in self.pending:
+            name = self.names[k][0]
+            x0, y0, x1, y1 = (np.float32(v) for v in box)
+            dets.append({"image_id": int(name) if name.isdigit() else name,
+                         "category_id": int(self.label_names[label]) if self.label_names[label].isdigit()
+                         else self.label_names[label],
+                         "bbox": [hundredths(x0), hundredths(y0), hundredths(x1 - x0), hundredths(y1 - y0)],
+                         "score": float(cpp_float(score))})
+        return json.dumps(dets) + "\n"
+
+    @staticmethod
+    def _replace(path: Path, text: str) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
