@@ -15,7 +15,9 @@ What the fork does, and what is kept:
 - VOC: one ``<prefix><class name>.txt`` per non-background class (empty when it has none), lines
   ``image score xmin ymin xmax ymax`` in detection order, the score printed as a C++ stream does
   (6 significant digits). COCO: ``<prefix>.json``, ``[{"image_id", "category_id", "bbox": [x, y, w,
-  h], "score"}, ...]`` with the category as the label map's name.
+  h], "score"}, ...]`` with the category as the label map's name, the box in 1/100 pixel (not
+  truncated) and the score to 9 digits; the same values as the fork's file, in plain JSON
+  (``json_id`` says where the fork's text is not JSON).
 
 Where this deliberately differs: the fork deletes ``output_directory`` recursively when the layer
 is set up and truncates the files at the start of each pass; here the folder is only created and
@@ -82,6 +84,13 @@ def voc_box(box: np.ndarray) -> tuple[int, int, int, int]:
     x0, y0, x1, y1 = (np.float32(v) for v in box)
     xmin, ymin = int(hundredths(x0)), int(hundredths(y0))
     return xmin, ymin, xmin + int(hundredths(x1 - x0)), ymin + int(hundredths(y1 - y0))
+
+
+def json_id(name: str):
+    """An image name or category name as the COCO file holds it: a number when it is one (COCO's
+    ids), else the string. The fork un-quotes every digit string, so a name such as ``000004``
+    comes out as the invalid JSON number ``000004``; here it stays a string."""
+    return int(name) if name.isdigit() and str(int(name)) == name else name
 
 
 class DetectionSaver:
@@ -176,14 +185,12 @@ class DetectionSaver:
     def _coco_text(self) -> str:
         dets = []
         for k, label, score, box in self.pending:
-            name = self.names[k][0]
             x0, y0, x1, y1 = (np.float32(v) for v in box)
-            dets.append({"image_id": int(name) if name.isdigit() else name,
-                         "category_id": int(self.label_names[label]) if self.label_names[label].isdigit()
-                         else self.label_names[label],
-                         "bbox": [hundredths(x0), hundredths(y0), hundredths(x1 - x0), hundredths(y1 - y0)],
-                         "score": float(cpp_float(score))})
-        return json.dumps(dets) + "\n"
+            dets.append({"image_id": json_id(self.names[k][0]), "category_id": json_id(self.label_names[label]),
+                         # 1/100 pixel and 9 digits: the values the fork's float32 fields hold
+                         "bbox": [round(hundredths(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
+                         "score": float(f"{np.float32(score):.9g}")})
+        return json.dumps(dets, indent=1) + "\n"
 
     @staticmethod
     def _replace(path: Path, text: str) -> Path:
