@@ -66,6 +66,20 @@ def test_batchnorm_train_updates_all_three_blobs_with_scale_factor():
     np.testing.assert_allclose(got[1], var_sum * maf + m / (m - 1) * var, rtol=1e-5)   # unbiased accumulator
 
 
+def test_batchnorm_statistics_follow_the_net_to_another_device_or_dtype():
+    # Module.to replaces buffers with new tensors; the layer's names for its statistics must follow,
+    # or a net moved to a GPU updates (and reads) statistics left behind on the CPU
+    n, c = 4, 3
+    net = one_layer(BN % "", {"x": (n, c, 2, 2)}, TRAIN).to(torch.float64)
+    bn = net.layer("bn")
+    assert all(b.dtype == torch.float64 for b in bn.blobs())
+    assert bn.mean_sum is bn.blobs()[0] and bn.var_sum is bn.blobs()[1] and bn.factor is bn.blobs()[2]
+    x = torch.from_numpy(randn(n, c, 2, 2)).double()
+    net.forward({"x": x})
+    np.testing.assert_allclose(bn.blobs()[0].numpy(), x.mean(dim=(0, 2, 3)).numpy(), rtol=1e-6, atol=1e-7)
+    assert bn.blobs()[2].item() == 1.0
+
+
 def test_batchnorm_global_stats_divide_by_scale_factor():
     c = 3
     net = one_layer(BN % "batch_norm_param { eps: 0.01 }", {"x": (2, c, 4, 4)}, TEST)

@@ -52,6 +52,18 @@ class Layer(nn.Module):
         self._blob_learnable.append(learnable)
         return getattr(self, name)
 
+    def _apply(self, fn, *args, **kwargs):
+        # Layers keep their blobs under readable names too (``self.mean_sum = self.add_blob(...)``).
+        # ``Module.to`` replaces buffers with new tensors (parameters keep their identity), which would
+        # leave such a name on the old device: re-point every alias at the converted blob.
+        before = {n: getattr(self, n) for n in self._blob_names}
+        aliases = [(attr, n) for attr, v in vars(self).items() if isinstance(v, torch.Tensor)
+                   for n, t in before.items() if v is t]
+        out = super()._apply(fn, *args, **kwargs)
+        for attr, n in aliases:
+            object.__setattr__(self, attr, getattr(self, n))
+        return out
+
     def blobs(self) -> list[torch.Tensor]:
         return [getattr(self, n) for n in self._blob_names]
 
