@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..caffe.schema import pb
-from ..errors import ScratchDetError
+from ..errors import ScratchDetError, plain
 from . import labelmap as lm
 from .files import conventional_file, not_found_note
 from .lmdb_io import AnnotatedLMDB
@@ -117,12 +117,12 @@ def check_record(key: str, value: bytes, valid_labels: set[int] | None, decode: 
             b = ann.bbox
             box = (b.xmin, b.ymin, b.xmax, b.ymax)
             if not all(np.isfinite(box)):
-                problems.append(f"label {label} box {i}: non-finite coordinates {box}")
+                problems.append(f"label {label} box {i}: non-finite coordinates {plain(box)}")
                 continue
             if min(box) < -EPS or max(box) > 1 + EPS:
-                problems.append(f"label {label} box {i}: outside [0,1] {tuple(round(v, 4) for v in box)}")
+                problems.append(f"label {label} box {i}: outside [0,1] {plain(box)}")
             if b.xmax <= b.xmin or b.ymax <= b.ymin:
-                problems.append(f"label {label} box {i}: empty or inverted {tuple(round(v, 4) for v in box)}")
+                problems.append(f"label {label} box {i}: empty or inverted {plain(box)}")
                 continue
             report.objects += 1
             report.per_class[label] += 1
