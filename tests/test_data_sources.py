@@ -250,3 +250,17 @@ def test_coco_bad_json_is_a_clear_error(tmp_path):
     (root / "annotations" / "instances_minival2014.json").write_text('{"images": [')
     with pytest.raises(ScratchDetError, match="instances_minival2014.json: invalid JSON"):
         run_cli("coco", "--root", root, "--out", tmp_path / "lmdb", "--labelmap", coco_labelmap(tmp_path / "l"))
+
+
+def test_coco_reads_only_the_sets_asked_for(tmp_path):
+    root = make_coco(tmp_path / "coco", "2017")
+    (root / "annotations" / "instances_train2017.json").unlink()       # only val2017 downloaded
+    lmap = coco_labelmap(tmp_path / "lm.prototxt")
+    run_cli("coco", "--root", root, "--out", tmp_path / "lmdb", "--labelmap", lmap, "--sets", "val2017",
+            "--name-size-dir", tmp_path / "ns", "--jobs", "1", "--quiet")
+    assert len(AnnotatedLMDB(tmp_path / "lmdb" / "coco_val2017_lmdb")) > 0
+    assert not (tmp_path / "lmdb" / "coco_train2017_lmdb").exists()
+    with pytest.raises(ScratchDetError, match=r"--sets: unknown COCO 2017 set 'minival'"):
+        run_cli("coco", "--root", root, "--out", tmp_path / "lmdb", "--labelmap", lmap, "--sets", "minival")
+    with pytest.raises(ScratchDetError, match=r"instances_train2017.json: not found"):   # asked for: still an error
+        run_cli("coco", "--root", root, "--out", tmp_path / "lmdb", "--labelmap", lmap, "--sets", "train2017")

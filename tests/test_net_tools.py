@@ -16,6 +16,7 @@ from scratchdet.engine import detect, timing
 from scratchdet.engine.caffemodel import save_caffemodel
 from scratchdet.engine.layers.base import REGISTRY, Layer
 from scratchdet.engine.net import Net
+from scratchdet.errors import ScratchDetError
 
 TRAIN_NET = """name: "cls"
 layer { name: "data" type: "Data" top: "data" top: "label" data_param { source: "no/such/lmdb" batch_size: 4 backend: LMDB }
@@ -143,3 +144,61 @@ def test_detect_draws_rows_above_threshold(tmp_path, monkeypatch, capsys):
     assert cli.main(["detect", "--model", str(tmp_path / "deploy.prototxt"), "--weights", str(tmp_path / "w.caffemodel"),
                      "--out", str(tmp_path / "out"), str(tmp_path / "missing.jpg")]) == 2
     assert "missing.jpg: cannot read" in capsys.readouterr().err
+
+
+MOBILENET_TRAIN_TEST = """name: "MobileNet-SSD"
+layer { name: "data" type: "AnnotatedData" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { scale: 0.5 mean_value: 1 mean_value: 2 mean_value: 3 } data_param { source: "t" batch_size: 1 } }
+layer { name: "data" type: "AnnotatedData" top: "data" top: "label" include { phase: TEST }
+  transform_param { scale: 0.007843 mean_value: 127.5 mean_value: 127.5 mean_value: 127.5 } data_param { source: "v" batch_size: 1 } }
+"""
+
+
+def test_transform_sources_and_overrides(tmp_path):
+    import argparse
+    args = lambda **kw: argparse.Namespace(**{"mean": None, "scale": None, "swap_rb": False, "transform_from": None, **kw})
+    model = tmp_path / "MobileNetSSD_deploy.prototxt"
+    model.write_text(DEPLOY)
+    t, line = detect.resolve_transform(args(), model)     # no test.prototxt beside it: the defaults, said so
+    assert (t.mean, t.scale, t.swap_rb) == ((104.0, 117.0, 123.0), 1.0, False)
+    assert "from Caffe SSD's defaults (no test.prototxt beside" in line
+    spec = tmp_path / "MobileNetSSD_test.prototxt"
+    spec.write_text(MOBILENET_TRAIN_TEST)
+    t, line = detect.resolve_transform(args(transform_from=str(spec)), model)   # the TEST layer's values
+    assert (t.mean, t.scale) == ((127.5,) * 3, pytest.approx(0.007843))
+    assert line == f"transform: mean 127.5,127.5,127.5, scale 0.007843, BGR input; from {spec}"
+    t, line = detect.resolve_transform(args(scale=0.25, swap_rb=True, mean="1,2,3"), model)
+    assert (t.mean, t.scale, t.swap_rb) == ((1.0, 2.0, 3.0), 0.25, True)
+    assert line.endswith("overridden by --mean --scale --swap-rb") and "RGB input" in line
+    for bad, message in ((args(scale=0.0), "--scale must be a positive number"),
+                         (args(transform_from=str(tmp_path / "nope.prototxt")), "nope.prototxt: no such file")):
+        with pytest.raises(ScratchDetError, match=message):
+            detect.resolve_transform(bad, model)
+    # swap_rb feeds R,G,B: the mean is in that order too (as OpenCV's blobFromImage with swapRB)
+    img = np.random.default_rng(1).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    data = detect.preprocess(img, 6, 8, (1, 2, 3), 0.5, swap_rb=True)
+    expect = (cv2.resize(img, (8, 6), interpolation=cv2.INTER_LINEAR)[:, :, ::-1].astype(np.float32) - [1, 2, 3]) * 0.5
+    np.testing.assert_allclose(data[0].transpose(1, 2, 0), expect, rtol=1e-6)
+
+
+def test_detect_says_where_the_transform_came_from_and_warns_on_a_truncated_jpeg(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(REGISTRY, "DetectionOutput", FixedDetections)
+    (tmp_path / "deploy.prototxt").write_text(DEPLOY)
+    (tmp_path / "spec.prototxt").write_text(MOBILENET_TRAIN_TEST)
+    net = Net(parse_text(DEPLOY, pb.NetParameter), TEST, seed=0)
+    save_caffemodel(net, tmp_path / "w.caffemodel")
+    img = np.full((64, 64, 3), (30, 120, 200), np.uint8)
+    cv2.circle(img, (32, 32), 16, (255, 255, 255), -1)
+    ok, jpg = cv2.imencode(".jpg", img)
+    (tmp_path / "cut.jpg").write_bytes(jpg.tobytes()[: len(jpg) // 2])
+    rc = cli.main(["detect", "--model", str(tmp_path / "deploy.prototxt"), "--weights", str(tmp_path / "w.caffemodel"),
+                   "--transform-from", str(tmp_path / "spec.prototxt"), "--out", str(tmp_path / "out"),
+                   str(tmp_path / "cut.jpg")])
+    err = capsys.readouterr().err
+    assert rc == 0 and (tmp_path / "out" / "cut.jpg").is_file()
+    assert f"transform: mean 127.5,127.5,127.5, scale 0.007843, BGR input; from {tmp_path / 'spec.prototxt'}" in err
+    assert f"warning: {tmp_path / 'cut.jpg'}: truncated JPEG (no end-of-image marker)" in err
+    (tmp_path / "garbage.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    rc = cli.main(["detect", "--model", str(tmp_path / "deploy.prototxt"), "--weights", str(tmp_path / "w.caffemodel"),
+                   "--out", str(tmp_path / "out"), str(tmp_path / "garbage.jpg")])
+    assert rc == 2 and f"{tmp_path / 'garbage.jpg'}: cannot decode the image" in capsys.readouterr().err

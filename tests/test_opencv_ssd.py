@@ -114,3 +114,54 @@ def test_detection_output_agrees_with_opencv(deploy, tmp_path):
     extra = match(theirs[~near_cut(theirs)], ours)
     assert not len(lost) and not len(extra), f"ours only: {lost[:3]}, OpenCV only: {extra[:3]}"
     assert abs(len(ours) - len(theirs)) <= int(near_cut(ours).sum() + near_cut(theirs).sum())
+
+
+# a net whose DetectionOutput has `clip: 1` (a newer fork's field; OpenCV's face detector deploy
+# net has it): priors near the image border and large loc outputs decode past [0, 1]
+CLIP_NET = """name: "clipnet"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 16 dim: 16 } } }
+layer { name: "p" type: "Convolution" bottom: "data" top: "p" convolution_param { num_output: 8 kernel_size: 3 stride: 2 } }
+layer { name: "loc" type: "Convolution" bottom: "p" top: "loc" convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "conf" type: "Convolution" bottom: "p" top: "conf" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "prior" type: "PriorBox" bottom: "p" bottom: "data" top: "prior"
+  prior_box_param { min_size: 12 max_size: 16 flip: false clip: false variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
+layer { name: "loc_perm" type: "Permute" bottom: "loc" top: "loc_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "loc_flat" type: "Flatten" bottom: "loc_perm" top: "loc_flat" }
+layer { name: "conf_perm" type: "Permute" bottom: "conf" top: "conf_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "conf_flat" type: "Flatten" bottom: "conf_perm" top: "conf_flat" }
+layer { name: "conf_sig" type: "Sigmoid" bottom: "conf_flat" top: "conf_sig" }
+layer { name: "detection_out" type: "DetectionOutput" bottom: "loc_flat" bottom: "conf_sig" bottom: "prior" top: "detection_out"
+  detection_output_param { num_classes: 2 share_location: true background_label_id: 0 code_type: CENTER_SIZE
+    nms_param { nms_threshold: 0.45 top_k: 100 } keep_top_k: 50 confidence_threshold: 0.05 clip: CLIP } }
+"""
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_detection_output_clip_field_agrees_with_opencv(clip, tmp_path, capsys):
+    from scratchdet.engine.net import Net
+    text = CLIP_NET.replace("CLIP", "1" if clip else "0")
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(text)
+    net = Net(io.parse_text(text, io.pb.NetParameter), TEST, source=str(deploy), seed=3)
+    assert "detection_output_param.clip is not an SSD fork field" in capsys.readouterr().err
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in net.layers:
+            for blob in layer.blobs():   # distinct scores (no ties at 1.0), large box offsets
+                blob.copy_(torch.empty(blob.shape).normal_(0, 0.05 if layer.name == "conf" else 0.4, generator=g))
+    weights = tmp_path / "w.caffemodel"
+    save_caffemodel(net, weights)
+    x = np.random.default_rng(0).normal(0, 3, (1, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        ours = net.forward({"data": torch.from_numpy(x)})["detection_out"].numpy().reshape(-1, 7)
+    ours = ours[ours[:, 2] > 0]
+    cv = cv2.dnn.readNetFromCaffe(str(deploy), str(weights))
+    cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cv.setInput(x)
+    theirs = cv.forward().reshape(-1, 7)
+    theirs = theirs[theirs[:, 2] > 0]
+    assert len(ours) >= 5 and len(ours) == len(theirs)
+    outside = (ours[:, 3:] < 0) | (ours[:, 3:] > 1)
+    assert not outside.any() if clip else outside.any()      # the net is built so that boxes leave [0, 1]
+    order = lambda rows: rows[np.lexsort((rows[:, 3], -rows[:, 2], rows[:, 1]))]  # noqa: E731
+    np.testing.assert_allclose(order(ours), order(theirs), rtol=1e-5, atol=2e-4)

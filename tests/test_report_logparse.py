@@ -201,10 +201,11 @@ def test_truncated_and_malformed_logs_give_partial_results_and_warnings(tmp_path
     rec = parse_log(path)
     assert [p.iteration for p in rec.train] == [330, 340, 350]
     assert rec.train[1].outputs == {}                       # the cut number is not read as 6.5
-    assert [t.iteration for t in rec.tests] == [20000, 340] and rec.tests[1].outputs == {"detection_eval": 0.7}
+    # the test output with no 'Testing net' line before it is booked at no iteration (not at 340)
+    assert [t.iteration for t in rec.tests] == [20000] and rec.unplaced_tests == 1
     joined = " | ".join(rec.warnings)
     assert "line not understood (truncated?)" in joined and "Iteration 360, lo" in joined
-    assert "test output without a 'Testing net' line" in joined
+    assert "test output without its 'Testing net' line: not booked at any iteration" in joined
     assert "'lr' line at iteration 350 without its loss line" in joined
     assert "test at iteration 360 has no outputs" in joined
     assert "last line has no line end" in joined
@@ -276,3 +277,137 @@ def test_a_real_engine_run_parses(tmp_path, monkeypatch, base_lr, diverges):
         assert [t.iteration for t in rec.tests] == [0, 20, 40] and rec.map_output() is None   # only a loss
         assert rec.steps == [(30, 1)] and rec.snapshots == [(40, "runs/tiny/x/tiny_iter_40.caffemodel")]
         assert [s[0] for s in rec.speed] == list(range(5, 36, 5))
+
+
+# -- logs of other Caffe forks, from public sources -------------------------------------------------
+# NVIDIA caffe 0.16/0.17: the three lines are quoted verbatim from an NVIDIA-Caffe log in a public
+# job runner's log reader (GitHub, code index); the "-nan" display line is the one issue #12 found in a
+# public repository; the "(0.0423 s)" form of the first iterations is the format string of
+# NVIDIA/caffe src/caffe/solver.cpp (`"Iteration " << iter_ << " (" << lapse << " s), loss = "`).
+NVIDIA_LOG = """\
+I0329 06:59:54.980000 1 solver.cpp:334] Iteration 1 (0.0423 s), loss = 2.30512
+I0329 06:59:54.980010 1 solver.cpp:356]     Train net output #0: loss = 2.30512 (* 1 = 2.30512 loss)
+I0329 06:59:55.182549 1 solver.cpp:334] Iteration 100 (497.307 iter/s, 0.197061s/98 iter), loss = 2.18689
+I0329 06:59:55.182579 1 solver.cpp:356]     Train net output #0: loss = 2.18689 (* 1 = 2.18689 loss)
+I0329 06:59:55.182588 1 sgd_solver.cpp:161] Iteration 100, lr = 9.92565e-05, m = 0.9, wd = 0.0005, gs = 1
+I0329 07:05:01.000000 1 solver.cpp:334] Iteration 900 (2.36675 iter/s, 21.126s/50 iter), loss = -nan
+I0329 07:05:01.000010 1 solver.cpp:356]     Train net output #0: loss = -nan (* 1 = -nan loss)
+I0329 07:05:01.000020 1 sgd_solver.cpp:161] Iteration 900, lr = 9.3e-05, m = 0.9, wd = 0.0005, gs = 1
+"""
+
+
+def test_nvidia_caffe_log_keeps_losses_speed_lr_and_divergence():
+    rec = parse_text(NVIDIA_LOG, "nvidia.log")
+    assert [p.iteration for p in rec.train] == [1, 100, 900]
+    assert rec.train[1].loss == pytest.approx(2.18689) and rec.train[1].iter_per_s == pytest.approx(497.307)
+    assert rec.train[0].iter_per_s is None                          # "(0.0423 s)" is a lapse, not a rate
+    assert rec.train[1].lr == pytest.approx(9.92565e-05)
+    # each train output on its own iteration
+    assert [p.outputs["loss"] for p in rec.train[:2]] == pytest.approx([2.30512, 2.18689])
+    assert math.isnan(rec.train[2].outputs["loss"])
+    assert rec.status == "diverged" and rec.diverged.iteration == 900 and not rec.diverged.reported
+    assert not [w for w in rec.warnings if "not understood" in w]
+
+
+def test_xilinx_caffe_remaining_time_suffix():
+    # the display line issue #12 quotes from a Xilinx-fork log: ", remaining N hours" after the loss
+    text = ("I0101 10:00:00.000000 77 solver.cpp:310] Iteration 850 (2.4 iter/s, 20.8s/50 iter), loss = 3.61, remaining 213 hours\n"
+            "I0101 10:00:00.000001 77 solver.cpp:329]     Train net output #0: mbox_loss = 3.5 (* 1 = 3.5 loss)\n"
+            "I0101 10:00:21.000000 77 solver.cpp:310] Iteration 900, loss = 3.39, remaining 212 hours\n"
+            "I0101 10:00:21.000001 77 solver.cpp:329]     Train net output #0: mbox_loss = 3.3 (* 1 = 3.3 loss)\n")
+    rec = parse_text(text, "xilinx.log")
+    assert [(p.iteration, p.loss, p.outputs) for p in rec.train] == [
+        (850, pytest.approx(3.61), {"mbox_loss": pytest.approx(3.5)}),
+        (900, pytest.approx(3.39), {"mbox_loss": pytest.approx(3.3)})]
+
+
+def test_unknown_iteration_line_does_not_take_the_next_outputs():
+    # an iteration line of a form no fork here writes: its outputs must not land on iteration 10
+    text = ("I0101 10:00:00.000000 77 solver.cpp:243] Iteration 10, loss = 5\n"
+            "I0101 10:00:00.000001 77 solver.cpp:259]     Train net output #0: mbox_loss = 5 (* 1 = 5 loss)\n"
+            "I0101 10:00:01.000000 77 solver.cpp:243] Iteration 20 [[odd]] loss is 4\n"
+            "I0101 10:00:01.000001 77 solver.cpp:259]     Train net output #0: mbox_loss = 4 (* 1 = 4 loss)\n")
+    rec = parse_text(text, "odd.log")
+    assert [(p.iteration, p.outputs) for p in rec.train] == [(10, {"mbox_loss": 5.0})]
+    assert any("train output before any 'Iteration N, loss' line" in w for w in rec.warnings)
+
+
+# BVLC Caffe, early 2014: Caffe's CIFAR-10 tutorial (docs/gathered/examples/cifar10.md), verbatim
+BVLC_2014 = """\
+I0317 21:52:49.309447 2008298256 solver.cpp:47] Solving CIFAR10_quick_train
+I0317 21:53:12.179772 2008298256 solver.cpp:208] Iteration 100, lr = 0.001
+I0317 21:53:12.185698 2008298256 solver.cpp:65] Iteration 100, loss = 1.73643
+I0317 21:54:41.150030 2008298256 solver.cpp:87] Iteration 500, Testing net
+I0317 21:54:47.129461 2008298256 solver.cpp:114] Test score #0: 0.5504
+I0317 21:54:47.129500 2008298256 solver.cpp:114] Test score #1: 1.27805
+"""
+# BVLC Caffe, 2013: Caffe's MNIST tutorial (docs/mnist.md), verbatim (the docs shortened the prefix)
+BVLC_2013 = """\
+I1203 solver.cpp:204] Iteration 100, lr = 0.00992565
+I1203 solver.cpp:66] Iteration 100, loss = 0.26044
+I1203 solver.cpp:84] Testing net
+I1203 solver.cpp:111] Test score #0: 0.9785
+I1203 solver.cpp:111] Test score #1: 0.0606671
+"""
+
+
+def test_pre_2015_test_score_lines():
+    rec = parse_text(BVLC_2014, "cifar.log")
+    assert [(t.iteration, t.outputs) for t in rec.tests] == [(500, {"score#0": 0.5504, "score#1": 1.27805})]
+    assert rec.net_name == "CIFAR10_quick_train" and rec.final_map == pytest.approx(0.5504)
+    # 2013: a bare "Testing net"; the test ran at the first multiple of test_interval from the
+    # latest named iteration (display lines come first), here 500
+    rec = parse_text("I1203 solver.cpp:47] Initializing solver from parameters: \ntest_interval: 500\n" + BVLC_2013, "mnist.log")
+    assert [(t.iteration, t.outputs["score#0"]) for t in rec.tests] == [(500, 0.9785)]
+    assert [p.iteration for p in rec.train] == [100] and rec.train[0].lr == pytest.approx(0.00992565)
+    # without test_interval: the latest named iteration, and a warning that says so
+    rec = parse_text(BVLC_2013, "mnist.log")
+    assert [t.iteration for t in rec.tests] == [100]
+    assert any("without an iteration and no test_interval" in w for w in rec.warnings)
+
+
+# a fatal glog line: BVLC/caffe issue #5748, verbatim (the data layer cannot open the LMDB)
+FATAL_LOG = """\
+I0707 16:48:46.332346 16677 layer_factory.hpp:77] Creating layer data
+I0707 16:48:46.332937 16677 net.cpp:100] Creating Layer data
+I0707 16:48:46.332957 16677 net.cpp:408] data -> data
+F0707 16:48:46.336623 16692 db_lmdb.hpp:15] Check failed: mdb_status == 0 (2 vs. 0) No such file or directory
+*** Check failure stack trace: ***
+    @     0x7f4524eb0daa  (unknown)
+    @     0x7f4525702c90  caffe::db::LMDB::Open()
+Aborted (core dumped)
+"""
+
+
+def test_fatal_line_marks_the_run_crashed_and_the_score_card_says_so():
+    from scratchdet.report import compare
+    rec = parse_text(SSD_SOLVER_BLOCK + SSD_LINES + FATAL_LOG, "crash.log")
+    assert rec.status == "crashed" and rec.crashed.message.startswith("db_lmdb.hpp:15] Check failed: mdb_status == 0")
+    assert rec.crashed.iteration == 20000 and rec.to_dict()["crashed"]["line"] == rec.crashed.line
+    card = compare.score(rec, variant="voc07_rootres34")
+    assert card.verdict == compare.CRASHED and card.status == "crashed"
+    assert any("Check failed: mdb_status == 0" in n for n in card.notes)
+    # a crash before any iteration (the usual case for a missing LMDB), and one the shell reports
+    rec = parse_text(FATAL_LOG, "crash0.log")
+    assert rec.status == "crashed" and rec.crashed.iteration is None
+    assert compare.score(rec, variant="voc07_rootres34").verdict == compare.CRASHED
+    rec = parse_text(SSD_LINES + "Segmentation fault (core dumped)\n", "segv.log")
+    assert rec.status == "crashed" and rec.crashed.message == "Segmentation fault (core dumped)"
+    # a run restarted after its crash (the solver block again) is not crashed any more
+    rec = parse_text(SSD_SOLVER_BLOCK + FATAL_LOG + SSD_SOLVER_BLOCK + SSD_LINES, "resumed.log")
+    assert rec.status == "running" and any("crashed" in w and "started again" in w for w in rec.warnings)
+
+
+def test_the_caffe_backend_and_the_parser_read_one_wording():
+    # the trainer's lines come from glog's message functions; the parser and the caffe backend read
+    # them with glog's patterns
+    assert glog.LOSS_RE.search(glog.loss_message(7, 1.5)).group(1) == "7"
+    assert glog.is_nonfinite_loss("Iteration 900 (2.36675 iter/s, 21.126s/50 iter), loss = -nan").group(1) == "900"
+    assert glog.is_nonfinite_loss("Iteration 900, loss = 1.#QNAN").group(1) == "900"
+    assert glog.is_nonfinite_loss("Iteration 900, loss = 3.39, remaining 212 hours") is None
+    rec = parse_text("\n".join(glog.line("I", glog.OURS, m) for m in (
+        glog.loss_message(5, 2.0), glog.lr_message(5, 0.01), glog.grad_norm_message(5, 3.0),
+        glog.testing_message(5, 0), "    Test net output #0: detection_eval = 0.25",
+        glog.diverged_message(6, float("nan")))) + "\n", "ours.log")
+    assert [(p.iteration, p.loss, p.lr) for p in rec.train] == [(5, 2.0, 0.01)] and rec.grad_norm == [(5, 3.0)]
+    assert rec.map_series() == [(5, 0.25)] and rec.diverged.iteration == 6 and rec.diverged.reported

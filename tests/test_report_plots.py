@@ -87,3 +87,39 @@ def test_nothing_to_plot_is_an_error_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(Exception, match="window 0"):
         plots.plot_runs([("x", parse_text("", "x"))], tmp_path / "out", window=0)
+
+
+def _marker_points(ax):
+    """(x, y, in axes coordinates?) of every divergence marker drawn on ``ax``."""
+    return [(float(line.get_xdata()[0]), float(line.get_ydata()[0]), line.get_transform() != ax.transData)
+            for line in ax.get_lines() if line.get_marker() == "x"]
+
+
+def test_diverged_caffe_log_draws_no_nan_at_zero_gradient(tmp_path):
+    # a Caffe log (no gradient-norm lines) that diverged at its second display point
+    text = ("I0608 10:52:30.927119 19222 solver.cpp:243] Iteration 10, loss = 7.29\n"
+            "I0608 10:52:31.927119 19222 solver.cpp:243] Iteration 20, loss = -nan\n")
+    rec = parse_text(text, "caffe.log")
+    assert rec.diverged.iteration == 20
+    fig, axes = plots._new_figure(3)
+    assert not plots._draw(axes[1], rec.grad_norm, rec, "ssd", "C0")          # the log has no |g|: nothing
+    assert _marker_points(axes[1]) == []
+    assert plots._draw(axes[0], rec.loss_series(), rec, "ssd", "C0")
+    assert _marker_points(axes[0]) == [(20.0, 7.29, False)]                    # at the last finite loss
+    # a run whose only value is non-finite: the marker sits at the top edge, not at 0
+    first = parse_text("I0608 10:52:31.927119 19222 solver.cpp:243] Iteration 0, loss = nan\n", "c0.log")
+    plots._draw(axes[2], first.loss_series(), first, "c0", "C1")
+    assert _marker_points(axes[2]) == [(0.0, 1.0, True)]
+
+
+def test_logs_sharing_a_name_are_labelled_by_their_paths(tmp_path, monkeypatch):
+    assert plots.distinct_labels(["demo", "demo", "other"], ["runs/a/train.log", "runs/b/train.log", "x.log"]) == \
+        ["demo (a/train.log)", "demo (b/train.log)", "other"]
+    assert plots.distinct_labels(["demo", "demo"], ["a/one.log", "a/two.log"]) == ["demo (one.log)", "demo (two.log)"]
+    assert plots.distinct_labels(["d", "d"], ["same.log", "same.log"]) == ["d (same.log)", "d (same.log) #2"]
+    a = our_log(tmp_path / "r1/train.log", 0)
+    b = our_log(tmp_path / "r2/train.log", 1)
+    seen, orig = [], plots.plot_runs
+    monkeypatch.setattr(plots, "plot_runs", lambda runs, *args, **kw: seen.extend(l for l, _ in runs) or orig(runs, *args, **kw))
+    assert cli.main(["plot", str(a), str(b), "--out", str(tmp_path / "out"), "--variant", "demo", "--variant", "demo"]) == 0
+    assert seen == ["demo (r1/train.log)", "demo (r2/train.log)"]

@@ -41,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_numpy_repr() -> None:
+    """numpy 2 writes a scalar's repr as ``np.float32(236.0)``; a message that puts one in a tuple or
+    uses ``!r`` would show that. Messages should format numbers with ``errors.plain``; this makes any
+    that do not read ``236.0`` instead."""
+    try:
+        import numpy as np
+        np.set_printoptions(legacy="1.25")
+    except (ImportError, ValueError, TypeError):   # numpy 1.x: already plain
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
@@ -52,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", False):
         print(f"scratchdet: error: '{args.command}' is not available in this build", file=sys.stderr)
         return 2
+    _plain_numpy_repr()
     try:
         return int(importlib.import_module(args._module).main(args) or 0)
     except ScratchDetError as exc:

@@ -10,7 +10,6 @@ the same "Training diverged" line as the torch engine, so both are recorded as N
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,8 +20,6 @@ from ..engine import distributed as D
 from ..engine import glog
 from ..errors import ScratchDetError
 
-NONFINITE_LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = (-?nan|-?inf)", re.IGNORECASE)
-TEST_OUTPUT = re.compile(r"Test net output #\d+: (\S+) = (\S+)")
 
 
 def find_caffe() -> str:
@@ -69,9 +66,9 @@ def run_caffe(cmd: list[str], log_path: Path | None, quiet: bool = False, append
                 if out is not None:
                     out.write(line)
                     out.flush()
-            m = NONFINITE_LOSS.search(line)
+            m = glog.is_nonfinite_loss(line)
             if m and diverged is None:
-                diverged = glog.line("E", glog.OURS, f"Training diverged at iteration {m.group(1)}: loss = {m.group(2).lower().lstrip('-')}")
+                diverged = glog.line("E", glog.OURS, glog.diverged_message(int(m.group(1)), glog.number(m.group(3))))
                 for out in (None if quiet else sys.stderr, fh):
                     if out is not None:
                         out.write(diverged + "\n")
@@ -170,9 +167,9 @@ def test(args) -> int:
         out_lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     if rc != 0:
         raise ScratchDetError(f"caffe exited with status {rc}")
-    found = [m for m in (TEST_OUTPUT.search(line) for line in out_lines) if m]
+    found = [m for m in (glog.TEST_OUTPUT_RE.search(line) for line in out_lines) if m]
     for m in found:
-        print(f"{m.group(1)} = {m.group(2)}")
+        print(f"{m.group(2)} = {m.group(3)}")
     if not found:
         raise ScratchDetError("caffe printed no 'Test net output' line")
     return 0

@@ -16,8 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..caffe.schema import pb
-from ..errors import ScratchDetError
+from ..errors import ScratchDetError, plain
 from . import labelmap as lm
+from .files import conventional_file, not_found_note
 from .lmdb_io import AnnotatedLMDB
 
 KEY_FORM = re.compile(r"^\d{8}_\S+$")
@@ -47,14 +48,19 @@ class CheckReport:
         return not self.invalid
 
 
-def guess_labelmap(db_path) -> Path | None:
-    """The conventional label map for a conventionally named LMDB, if it exists here."""
+LABELMAP_BY_NAME = (("voc", "data/VOC0712/labelmap_voc.prototxt"), ("coco", "data/coco/labelmap_coco.prototxt"),
+                    ("synthetic", "data/labelmap_synthetic.prototxt"))
+
+
+def guess_labelmap(db_path) -> tuple[Path | None, str]:
+    """The conventional label map for a conventionally named LMDB (looked for in the current folder,
+    then in this checkout), and a note saying what was found or why none."""
     name = Path(db_path).name.lower()
-    for pattern, path in (("voc", "data/VOC0712/labelmap_voc.prototxt"), ("coco", "data/coco/labelmap_coco.prototxt"),
-                          ("synthetic", "data/labelmap_synthetic.prototxt")):
-        if pattern in name and Path(path).is_file():
-            return Path(path)
-    return None
+    for pattern, rel in LABELMAP_BY_NAME:
+        if pattern in name:
+            path = conventional_file(rel)
+            return path, (f"{path} (from the LMDB's name)" if path else not_found_note(rel))
+    return None, f"none guessed from the name {Path(db_path).name!r} (it names no VOC, COCO or synthetic set)"
 
 
 def check_record(key: str, value: bytes, valid_labels: set[int] | None, decode: bool, report: CheckReport) -> None:
@@ -111,12 +117,12 @@ def check_record(key: str, value: bytes, valid_labels: set[int] | None, decode: 
             b = ann.bbox
             box = (b.xmin, b.ymin, b.xmax, b.ymax)
             if not all(np.isfinite(box)):
-                problems.append(f"label {label} box {i}: non-finite coordinates {box}")
+                problems.append(f"label {label} box {i}: non-finite coordinates {plain(box)}")
                 continue
             if min(box) < -EPS or max(box) > 1 + EPS:
-                problems.append(f"label {label} box {i}: outside [0,1] {tuple(round(v, 4) for v in box)}")
+                problems.append(f"label {label} box {i}: outside [0,1] {plain(box)}")
             if b.xmax <= b.xmin or b.ymax <= b.ymin:
-                problems.append(f"label {label} box {i}: empty or inverted {tuple(round(v, 4) for v in box)}")
+                problems.append(f"label {label} box {i}: empty or inverted {plain(box)}")
                 continue
             report.objects += 1
             report.per_class[label] += 1
@@ -134,12 +140,16 @@ def check_record(key: str, value: bytes, valid_labels: set[int] | None, decode: 
 def check_db(path, labelmap_path=None, decode: bool = True, quiet: bool = False) -> CheckReport:
     db = AnnotatedLMDB(path)
     report = CheckReport(str(path))
-    labelmap_path = labelmap_path or guess_labelmap(path)
+    note = str(labelmap_path)
+    if not labelmap_path:
+        labelmap_path, note = guess_labelmap(path)
+        if not labelmap_path:
+            note += ": classes shown as '?' (give --labelmap)"
+    report.labelmap_source = note
     valid_labels = None
     if labelmap_path:
         labelmap = lm.load(labelmap_path)
         report.label_names = lm.label_to_display_name(labelmap)
-        report.labelmap_source = str(labelmap_path)
         valid_labels = {item.label for item in labelmap.item if item.label > 0}
     for key, value in tqdm(db.iter_raw(), total=len(db), desc=f"check {Path(path).name}", unit="rec",
                            disable=True if quiet else None):

@@ -54,7 +54,8 @@ def add_arguments(parser) -> None:
                    help="comma list of trainval,test,plus,test12 (default trainval,test[,plus[,test12]])")
     p.add_argument("--years", default="2007,2012", help="VOC years that may be used (default 2007,2012)")
     p.add_argument("--labelmap", default=None, help=f"label map (default {VOC_LABELMAP}, else the 20 VOC classes)")
-    p.add_argument("--name-size", default=VOC_NAME_SIZE, help=f"VOC2007 test name-size file (default {VOC_NAME_SIZE})")
+    p.add_argument("--name-size", default=VOC_NAME_SIZE, help=f"VOC2007 test name-size file (default {VOC_NAME_SIZE}, relative to the current folder as the "
+                        "generated test.prototxt names it)")
     p.add_argument("--voc12-name-size", default=VOC12_NAME_SIZE,
                    help=f"VOC2012 test name-size file (default {VOC12_NAME_SIZE}); its list test.txt goes beside it")
     p.add_argument("--lists-dir", default=None,
@@ -69,7 +70,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--year", choices=("2014", "2017"), default=None, help="layout (default: detected from the annotation files)")
     p.add_argument("--sets", default=None, help="comma list of sets to build (default all of the layout)")
     p.add_argument("--labelmap", default=None, help=f"label map (default {COCO_LABELMAP}, else built from the categories)")
-    p.add_argument("--name-size-dir", default=COCO_NAME_SIZE_DIR, help=f"folder for <set>_name_size.txt (default {COCO_NAME_SIZE_DIR})")
+    p.add_argument("--name-size-dir", default=COCO_NAME_SIZE_DIR, help=f"folder for <set>_name_size.txt (default {COCO_NAME_SIZE_DIR}, relative to the current folder)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed of the training list (default 0)")
     p.add_argument("--skip-existing", action="store_true", help="keep LMDBs that already exist instead of rebuilding")
     _common(p)
@@ -79,7 +80,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--images", type=int, default=600, help="number of images (default 600; every 5th is a test image)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); a seed always gives the same bytes")
     p.add_argument("--lmdb", default=None, help="also build synthetic_trainval_lmdb and synthetic_test_lmdb in this folder")
-    p.add_argument("--name-size", default=SYNTHETIC_NAME_SIZE, help=f"test name-size file (default {SYNTHETIC_NAME_SIZE})")
+    p.add_argument("--name-size", default=SYNTHETIC_NAME_SIZE, help=f"test name-size file (default {SYNTHETIC_NAME_SIZE}, relative to the current folder)")
     _common(p, strict=False)
 
     p = sub.add_parser("convert", help="convert_annoset: a list of '<image> <annotation>' lines -> one LMDB")
@@ -96,7 +97,8 @@ def add_arguments(parser) -> None:
 
     p = sub.add_parser("check", help="record count, classes, objects per class, box sizes and invalid records of an LMDB")
     p.add_argument("db", help="LMDB folder")
-    p.add_argument("--labelmap", default=None, help="label map for class names (default: guessed from the LMDB name)")
+    p.add_argument("--labelmap", default=None, help="label map for class names (default: guessed from the LMDB name, "
+                                                    "looked for in the current folder, then in this checkout)")
     p.add_argument("--no-decode", action="store_true", help="do not decode the images (faster, fewer checks)")
 
     p = sub.add_parser("labelmap", help="check a label map for duplicate names and labels and print it")
@@ -128,11 +130,13 @@ def _labelmap(args) -> int:
 def _resolve_labelmap(explicit, default, fallback, what):
     """An explicit label map must exist; the conventional one is used if present, else ``fallback()``."""
     from . import labelmap as lm
+    from .files import conventional_file, not_found_note
     if explicit:
         return lm.load(explicit), explicit
-    if Path(default).is_file():
-        return lm.load(default), default
-    print(f"note: {default} not found; using the built-in {what} label map", file=sys.stderr)
+    found = conventional_file(default)
+    if found is not None:
+        return lm.load(found), str(found)
+    print(f"note: {not_found_note(default)}; using the built-in {what} label map", file=sys.stderr)
     return fallback(), f"built-in {what}"
 
 
@@ -188,11 +192,9 @@ def _coco(args) -> int:
     from . import coco
     from . import labelmap as lm
     from .convert import write_name_size
-    year, sets, categories = coco.build_sets(args.root, args.year, seed=args.seed)
-    wanted = [s.strip() for s in args.sets.split(",")] if args.sets else list(sets)
-    for s in wanted:
-        if s not in sets:
-            raise ScratchDetError(f"--sets: unknown COCO {year} set {s!r} (choose from {', '.join(sets)})")
+    only = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else None
+    year, sets, categories = coco.build_sets(args.root, args.year, seed=args.seed, only=only)
+    wanted = list(sets)
     labelmap, source = _resolve_labelmap(args.labelmap, COCO_LABELMAP,
                                          lambda: coco.labelmap_from_categories(categories), "COCO (from the categories)")
     name_to_label = lm.name_to_label(labelmap, check_label=True, source=source)
@@ -237,10 +239,12 @@ def _synthetic(args) -> int:
 
 def _warn_if_labelmap_differs(labelmap) -> None:
     from . import labelmap as lm
-    if not Path(SYNTHETIC_LABELMAP).is_file():
+    from .files import conventional_file
+    path = conventional_file(SYNTHETIC_LABELMAP)
+    if path is None:
         return
     try:
-        committed = lm.load(SYNTHETIC_LABELMAP)
+        committed = lm.load(path)
     except ScratchDetError:
         return
     pairs = lambda m: [(i.name, i.label) for i in m.item]  # noqa: E731

@@ -139,13 +139,19 @@ def _int(v):
         return None
 
 
-def build_sets(root, year: str | None = None, seed: int = 0):
-    """-> (year, {set name: entries}, categories) for every set of the layout."""
+def build_sets(root, year: str | None = None, seed: int = 0, only: list[str] | None = None):
+    """-> (year, {set name: entries}, categories) for the sets in ``only`` (default: every set of the
+    layout); only their annotation files are read, so a missing train JSON does not stop val2017."""
     year = year or detect_year(root)
     if year not in COCO_SETS:
         raise ScratchDetError(f"COCO year {year!r}: choose 2014 (trainval35k/minival) or 2017 (train2017/val2017)")
+    for name in only or []:
+        if name not in COCO_SETS[year]:
+            raise ScratchDetError(f"--sets: unknown COCO {year} set {name!r} (choose from {', '.join(COCO_SETS[year])})")
     out, categories, cache = {}, [], {}
     for name, (_, parts, shuffle, _) in COCO_SETS[year].items():
+        if only is not None and name not in only:
+            continue
         entries, cats = entries_for(root, parts, cache)
         categories.extend(cats)
         out[name] = shuffled(entries, seed) if shuffle else entries

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..caffe.schema import pb
+from ..errors import plain
 
 
 class BadRecord(Exception):
@@ -101,7 +102,7 @@ def build_datum(image, anno: RawAnnotation | None, name_to_label: dict[str, int]
         box = (obj.xmin, obj.ymin, obj.xmax, obj.ymax)
         what = f"{anno.source}: object {i} ({obj.name if obj.label is None else obj.label})"
         if not all(np.isfinite(box)):
-            issues.append(Issue("dropped box", f"{what}: non-finite box {box}; dropped"))
+            issues.append(Issue("dropped box", f"{what}: non-finite box {_fmt(box)}; dropped"))
             continue
         if obj.xmin > obj.xmax or obj.ymin > obj.ymax:
             issues.append(Issue("dropped box", f"{what}: inverted box {_fmt(box)}; dropped"))
@@ -130,4 +131,4 @@ def build_datum(image, anno: RawAnnotation | None, name_to_label: dict[str, int]
 
 
 def _fmt(box) -> str:
-    return "(" + ", ".join(f"{float(v):g}" for v in box) + ")"
+    return plain(box)

@@ -1,14 +1,25 @@
 """``scratchdet detect``: run a deploy net on images and draw its detections.
 
 Each image is resized to the net's input (bilinear, as the SSD test transform's WARP resize),
-mean-subtracted and scaled as the deploy net's companion ``test.prototxt`` transforms its data
-(or ``--mean``), run through the net, and the DetectionOutput rows (image, label, score, xmin,
-ymin, xmax, ymax in [0, 1]) with score >= ``--threshold`` are drawn on the original image with
-their class names from the label map. One line per detection is printed.
+mean-subtracted and scaled as the TEST data layer of a prototxt transforms its data, run through
+the net, and the DetectionOutput rows (image, label, score, xmin, ymin, xmax, ymax in [0, 1]) with
+score >= ``--threshold`` are drawn on the original image with their class names from the label map.
+One line per detection is printed.
+
+Where the transform comes from, in order: ``--mean`` / ``--scale`` / ``--swap-rb`` on the command
+line (each overrides one value), the data layer of ``--transform-from PROTOTXT``, else of
+``test.prototxt`` beside the deploy net, else Caffe SSD's defaults (mean 104,117,123, scale 1, BGR).
+One line on stderr says which, because a wrong transform gives plausible-looking garbage
+(MobileNet-SSD wants scale 0.007843 and mean 127.5). ``--mean`` is in the net's input channel order
+(B,G,R; R,G,B with ``--swap-rb``, as OpenCV's ``blobFromImage``).
+
+A JPEG without its end-of-image marker (a cut download) decodes with its lower part grey: it is
+drawn as decoded, with a warning naming the file.
 """
 from __future__ import annotations
 
 import colorsys
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +45,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="folder for the drawn images")
     parser.add_argument("--gpu", default="cpu", help="'cpu' (default) or a CUDA device id")
     parser.add_argument("images", nargs="+", help="image files")
+    add_transform_arguments(parser)
+
+
+def add_transform_arguments(parser) -> None:
+    parser.add_argument("--scale", type=float, help="multiply the mean-subtracted pixels by this (default: "
+                                                    "the transform prototxt's scale, else 1)")
+    parser.add_argument("--swap-rb", action="store_true", help="feed the net R,G,B instead of B,G,R "
+                                                                 "(nets trained on RGB input)")
+    parser.add_argument("--transform-from", metavar="PROTOTXT",
+                        help="take mean, scale and label map from this prototxt's (TEST) data layer "
+                             "(default: test.prototxt beside --model)")
 
 
 @dataclass
@@ -41,26 +63,73 @@ class Transform:
     mean: tuple[float, ...] = DEFAULT_MEAN
     scale: float = 1.0
     labelmap: str | None = None
+    swap_rb: bool = False
+    source: str = "Caffe SSD's defaults"
 
 
-def companion_transform(model: Path) -> Transform:
-    """Mean, scale and label map of the TEST data layer in ``test.prototxt`` beside ``model``."""
-    test = model.with_name("test.prototxt")
-    if not test.is_file() or test.resolve() == model.resolve():
-        return Transform()
-    param = io.read_net(test)
-    out = Transform()
-    for lp in param.layer:
-        if lp.HasField("transform_param") and lp.transform_param.mean_value:
-            values = tuple(float(v) for v in lp.transform_param.mean_value)
+def _is_test_layer(lp) -> bool:
+    return any(rule.HasField("phase") and rule.phase == TEST for rule in lp.include)
+
+
+def transform_of(path: Path) -> Transform:
+    """Mean, scale and label map of the data layer in ``path`` (the TEST-phase one where a file has
+    both phases); values the layer does not set keep Caffe SSD's defaults."""
+    param = io.read_net(path)
+    out = Transform(source=str(path))
+    layers = [lp for lp in param.layer if lp.HasField("transform_param")]
+    layers.sort(key=lambda lp: not _is_test_layer(lp))
+    if layers:
+        tp = layers[0].transform_param
+        if tp.mean_value:
+            values = tuple(float(v) for v in tp.mean_value)
             out.mean = values * 3 if len(values) == 1 else values
-            out.scale = float(lp.transform_param.scale)
+        elif tp.mean_file:
+            raise ScratchDetError(f"{path}: transform_param mean_file {tp.mean_file!r} is not supported by "
+                                  "detect: give --mean B,G,R")
+        if tp.HasField("scale"):
+            out.scale = float(tp.scale)
+    for lp in param.layer:
         if lp.annotated_data_param.label_map_file and not out.labelmap:
             out.labelmap = lp.annotated_data_param.label_map_file
         save = lp.detection_output_param.save_output_param
         if save.label_map_file and not out.labelmap:
             out.labelmap = save.label_map_file
     return out
+
+
+def companion_transform(model: Path) -> Transform:
+    """The transform of ``test.prototxt`` beside ``model``, else the defaults."""
+    test = model.with_name("test.prototxt")
+    if not test.is_file() or test.resolve() == model.resolve():
+        return Transform(source=f"Caffe SSD's defaults (no test.prototxt beside {model})")
+    return transform_of(test)
+
+
+def resolve_transform(args, model: Path) -> tuple[Transform, str]:
+    """The transform ``args`` ask for, and the one line that says where each value came from."""
+    if getattr(args, "transform_from", None):
+        src = Path(args.transform_from)
+        if not src.is_file():
+            raise ScratchDetError(f"--transform-from {src}: no such file")
+        transform = transform_of(src)
+    else:
+        transform = companion_transform(model)
+    given = []
+    if args.mean:
+        transform.mean = parse_mean(args.mean)
+        given.append("--mean")
+    if getattr(args, "scale", None) is not None:
+        if not (np.isfinite(args.scale) and args.scale > 0):
+            raise ScratchDetError(f"--scale must be a positive number, got {args.scale:g}")
+        transform.scale = float(args.scale)
+        given.append("--scale")
+    if getattr(args, "swap_rb", False):
+        transform.swap_rb = True
+        given.append("--swap-rb")
+    mean = ",".join(f"{v:g}" for v in transform.mean)
+    line = (f"transform: mean {mean}, scale {transform.scale:g}, {'RGB' if transform.swap_rb else 'BGR'} input; "
+            f"from {transform.source}" + (f", overridden by {' '.join(given)}" if given else ""))
+    return transform, line
 
 
 def parse_mean(text: str) -> tuple[float, ...]:
@@ -80,10 +149,14 @@ def label_names(path) -> dict[int, str]:
     return {int(item.label): item.display_name or item.name for item in labelmap.item}
 
 
-def preprocess(image: np.ndarray, height: int, width: int, mean, scale: float = 1.0) -> np.ndarray:
-    """HxWx3 BGR uint8 -> [1, 3, height, width] float32: bilinear resize, minus mean, times scale."""
+def preprocess(image: np.ndarray, height: int, width: int, mean, scale: float = 1.0,
+               swap_rb: bool = False) -> np.ndarray:
+    """HxWx3 BGR uint8 -> [1, 3, height, width] float32: bilinear resize, (B,G,R -> R,G,B when
+    ``swap_rb``), minus mean, times scale."""
     import cv2
     resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if swap_rb:
+        resized = resized[:, :, ::-1]
     data = (resized.astype(np.float32) - np.asarray(mean, np.float32)) * np.float32(scale)
     return np.ascontiguousarray(data.transpose(2, 0, 1)[None])
 
@@ -142,11 +215,30 @@ def _output_blob(net) -> str:
 def detect(net, image: np.ndarray, transform: Transform) -> np.ndarray:
     """Detection rows [K, 7] of one BGR image (rows with label -1, Caffe's 'none', dropped)."""
     name, shape = _input_blob(net)
-    data = preprocess(image, shape[2], shape[3], transform.mean, transform.scale)
+    data = preprocess(image, shape[2], shape[3], transform.mean, transform.scale, transform.swap_rb)
     with torch.no_grad():
         blobs = net.forward({name: torch.from_numpy(data)})
     rows = blobs[_output_blob(net)].detach().float().cpu().numpy().reshape(-1, 7)
     return rows[rows[:, 1] >= 0]
+
+
+def read_image(path) -> np.ndarray:
+    """A BGR image; a JPEG cut short is read (its lower part grey) with a warning naming it."""
+    import cv2
+
+    from ..data.images import JPEG_MAGIC, jpeg_is_complete
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ScratchDetError(f"{path}: cannot read the image ({exc.strerror})") from None
+    # imread, not imdecode: OpenCV's file reader keeps what a cut JPEG holds, its buffer reader does not
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if data else None
+    if image is None:
+        raise ScratchDetError(f"{path}: cannot decode the image (empty, corrupt or not an image)")
+    if data.startswith(JPEG_MAGIC) and not jpeg_is_complete(data):
+        print(f"warning: {path}: truncated JPEG (no end-of-image marker): its missing part is drawn grey "
+              "and detections there mean nothing", file=sys.stderr)
+    return image
 
 
 def main(args) -> int:
@@ -162,9 +254,8 @@ def main(args) -> int:
     device = device_of(args.gpu)
     net.to(device)
     _output_blob(net)
-    transform = companion_transform(model)
-    if args.mean:
-        transform.mean = parse_mean(args.mean)
+    transform, where = resolve_transform(args, model)
+    print(f"scratchdet detect: {where}", file=sys.stderr)
     labelmap = args.labelmap or transform.labelmap
     names = {}
     if labelmap:
@@ -173,9 +264,7 @@ def main(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in args.images:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ScratchDetError(f"{path}: cannot read the image")
+        image = read_image(path)
         rows = detect(net, image, transform)
         rows = rows[rows[:, 2] >= args.threshold]
         h, w = image.shape[:2]

@@ -381,7 +381,7 @@ class Trainer:
         if not self.dist.is_root:
             return results
         for j, net in enumerate(self.test_nets):
-            self.log.info(glog.TESTING, f"Iteration {self.iter}, Testing net (#{j})")
+            self.log.info(glog.TESTING, glog.testing_message(self.iter, j))
             share_trained_layers(self.net, net)
             out = run_test(net, self.sp.test_iter[j], self.sp.eval_type, self.sp.ap_version,
                            log=self.log.log, show_per_class=self.sp.show_per_class_result,
@@ -404,7 +404,7 @@ class Trainer:
 
     def _display(self, blobs, elapsed: float, iters: int) -> None:
         log = self.log
-        log.info(glog.LOSS, f"Iteration {self.iter}, loss = {glog.num(self._smoothed)}")
+        log.info(glog.LOSS, glog.loss_message(self.iter, self._smoothed))
         weights = {name: w for name, w, _t in self.net.loss_outputs(blobs)}
         k = 0
         for name in self.net.output_names:
@@ -413,7 +413,7 @@ class Trainer:
             for v in values:
                 log.info(glog.TRAIN_OUTPUT, output_line("Train", k, name, v, w))
                 k += 1
-        log.info(glog.OURS, f"Iteration {self.iter}, gradient L2 norm = {glog.num(self._grad_norm)}")
+        log.info(glog.OURS, glog.grad_norm_message(self.iter, self._grad_norm))
         if iters > 0 and elapsed > 0:
             its = iters / elapsed
             imgs = its * self.batch * self.sp.iter_size * self.dist.world
@@ -477,7 +477,7 @@ class Trainer:
                 self._update_smoothed(loss, start_iter)
                 result.loss = loss
                 if diverged:
-                    log.error(glog.OURS, f"Training diverged at iteration {self.iter}: loss = {glog.num(loss if not math.isfinite(loss) else float('nan'))}")
+                    log.error(glog.OURS, glog.diverged_message(self.iter, loss if not math.isfinite(loss) else float('nan')))
                     result.status = "diverged"
                     break
                 displaying = bool(sp.display) and self.iter % sp.display == 0
@@ -490,7 +490,7 @@ class Trainer:
                     tick, tick_iter = now, self.iter
                 rate = self.lr.rate(self.iter, self._smoothed, log=lambda m: log.info(glog.MULTISTEP, m))
                 if displaying:
-                    log.info(glog.LR, f"Iteration {self.iter}, lr = {glog.num(rate)}")
+                    log.info(glog.LR, glog.lr_message(self.iter, rate))
                 info = self.sgd.apply_update(rate, norm)
                 for m in info.messages:
                     log.info(glog.CLIP, m)
@@ -519,7 +519,7 @@ class Trainer:
                         blobs = self.net.forward()
                         loss = float(self.net.total_loss(blobs))
                     self._update_smoothed(loss, start_iter)
-                    log.info(glog.LOSS, f"Iteration {self.iter}, loss = {glog.num(self._smoothed)}")
+                    log.info(glog.LOSS, glog.loss_message(self.iter, self._smoothed))
                 if sp.test_interval and self.iter % sp.test_interval == 0:
                     result.tests.append((self.iter, self.test_all()))
                 log.info(glog.DONE, "Optimization Done.")
@@ -574,5 +574,5 @@ def score(model: str, weights: str | None, iterations: int | None = None, *, dev
         layer.configure(seed=seed, workers=workers)
     n = iterations if iterations is not None else one_pass_iterations(net)
     if log:
-        log("I", glog.TESTING, f"Iteration 0, Testing net (#0)")
+        log("I", glog.TESTING, glog.testing_message(0, 0))
     return run_test(net, n, eval_type, ap_version, log=log, show_per_class=show_per_class, progress=progress)

@@ -76,9 +76,11 @@ def _voc(args) -> int:
         if args.annotations or args.imageset:
             raise ScratchDetError("give either --lmdb or --annotations/--imageset, not both")
         if labelmap is None:
-            if not Path(VOC_LABELMAP).is_file():
-                raise ScratchDetError(f"--lmdb needs --labelmap (labels are numbers in the LMDB; {VOC_LABELMAP} not found)")
-            labelmap = io.read_labelmap(VOC_LABELMAP)
+            from ..data.files import conventional_file, not_found_note
+            found = conventional_file(VOC_LABELMAP)
+            if found is None:
+                raise ScratchDetError(f"--lmdb needs --labelmap (labels are numbers in the LMDB; {not_found_note(VOC_LABELMAP)})")
+            labelmap = io.read_labelmap(found)
         _names, label_names, _display = voc.labelmap_classes(labelmap)
         gt = groundtruth.from_lmdb(args.lmdb, label_names, args.name_size, progress=progress)
     else:

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import ScratchDetError
+from ..errors import ScratchDetError, plain
 
 
 @dataclass
@@ -70,6 +70,11 @@ def from_voc_xml(annotations_dir, image_ids, progress: bool = False) -> GroundTr
         except BadRecord as exc:
             raise ScratchDetError(exc.message) from None
         boxes = np.asarray([[o.xmin, o.ymin, o.xmax, o.ymax] for o in anno.objects], np.float64).reshape(-1, 4)
+        bad = np.flatnonzero(~np.isfinite(boxes).all(axis=1))
+        if len(bad):   # no detection can match it and its area is undefined: the file is wrong
+            o = anno.objects[bad[0]]
+            raise ScratchDetError(f"{anno.source}: object {bad[0]} ({o.name}) has a non-finite box "
+                                  f"{plain((o.xmin, o.ymin, o.xmax, o.ymax))}")
         size = (anno.height, anno.width) if anno.height and anno.width else None
         gt.images[image_id] = ImageTruth(boxes, [o.name for o in anno.objects],
                                          np.asarray([o.difficult for o in anno.objects], bool), size)

@@ -101,20 +101,22 @@ def overlaps(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
     computes no overlap for them, so they can never be the best match)."""
     b = np.asarray(boxes, np.float64).reshape(-1, 1, 4)
     g = np.asarray(gt_boxes, np.float64).reshape(1, -1, 4)
-    iw = np.minimum(b[..., 2], g[..., 2]) - np.maximum(b[..., 0], g[..., 0]) + 1
-    ih = np.minimum(b[..., 3], g[..., 3]) - np.maximum(b[..., 1], g[..., 1]) + 1
-    inter = iw * ih
-    union = ((b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
-             + (g[..., 2] - g[..., 0] + 1) * (g[..., 3] - g[..., 1] + 1) - inter)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # huge (finite) detection boxes overflow the areas to inf: their IoU is then 0 or nan, never a match
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        iw = np.minimum(b[..., 2], g[..., 2]) - np.maximum(b[..., 0], g[..., 0]) + 1
+        ih = np.minimum(b[..., 3], g[..., 3]) - np.maximum(b[..., 1], g[..., 1]) + 1
+        inter = iw * ih
+        union = ((b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+                 + (g[..., 2] - g[..., 0] + 1) * (g[..., 3] - g[..., 1] + 1) - inter)
         ov = inter / union
-    return np.where((iw > 0) & (ih > 0), ov, -np.inf)
+    return np.where((iw > 0) & (ih > 0), np.nan_to_num(ov, nan=0.0), -np.inf)
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
     """Pixel areas with the devkit's +1 convention (a box spans ``xmax - xmin + 1`` pixels)."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return np.maximum(b[:, 2] - b[:, 0] + 1, 0) * np.maximum(b[:, 3] - b[:, 1] + 1, 0)
+    with np.errstate(over="ignore"):     # a box of 1e200 pixels a side has an infinite area, not a warning
+        return np.maximum(b[:, 2] - b[:, 0] + 1, 0) * np.maximum(b[:, 3] - b[:, 1] + 1, 0)
 
 
 def in_area_range(boxes: np.ndarray, area_range: tuple[float, float] | None) -> np.ndarray:

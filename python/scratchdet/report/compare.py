@@ -7,6 +7,8 @@ run's final and best test mAP (x100), final minus paper, how much of the schedul
 * ``unexpected NAN``       the run diverged and the paper reports a number (or none)
 * ``no NAN yet (paper: NAN)``  the paper reports NAN, this run has not diverged but is not finished
 * ``converged (paper: NAN)``   the paper reports NAN, this run finished without diverging
+* ``crashed``              the log ends in a fatal error (glog ``F`` line such as ``Check failed: ...``,
+                           glog's failure handler, the shell's ``Aborted``), not diverged
 * ``no test yet``          no test output in the log
 * ``no mAP output``        tests ran but report only losses (no DetectionEvaluate output)
 * ``no paper value``       the variant has no paper number (e.g. the demo)
@@ -33,9 +35,9 @@ from .logparse import RunRecord, parse_log
 WITHIN, BELOW, ABOVE = "within tolerance", "below", "above"
 NAN_EXPECTED, NAN_UNEXPECTED = "NAN as expected", "unexpected NAN"
 NAN_NOT_YET, CONVERGED_PAPER_NAN = "no NAN yet (paper: NAN)", "converged (paper: NAN)"
-NO_TEST, NO_MAP = "no test yet", "no mAP output"
+NO_TEST, NO_MAP, CRASHED = "no test yet", "no mAP output", "crashed"
 NO_PAPER, NOT_COMPARABLE = "no paper value", "not comparable"
-STRICT_FAILURES = (BELOW, NAN_UNEXPECTED, CONVERGED_PAPER_NAN, NO_TEST, NO_MAP)
+STRICT_FAILURES = (BELOW, NAN_UNEXPECTED, CONVERGED_PAPER_NAN, NO_TEST, NO_MAP, CRASHED)
 
 
 @dataclass
@@ -54,7 +56,7 @@ class ScoreCard:
     iterations: int | None             # last iteration the log shows
     max_iter: int | None
     complete: bool
-    status: str                        # the log's: done | diverged | running | empty
+    status: str                        # the log's: done | diverged | crashed | running | empty
     diverged_at: int | None
     verdict: str
     notes: list[str] = field(default_factory=list)
@@ -96,7 +98,7 @@ def score(rec: RunRecord, variant: str | None = None, paper_key: str | None = No
     card.verdict = _verdict(card, rec, result, tolerance)
     if result is None and variant:
         _toy_verdict(card, rec, variant)
-    if not complete and card.verdict not in (NAN_EXPECTED, NAN_UNEXPECTED, NAN_NOT_YET):
+    if not complete and card.verdict not in (NAN_EXPECTED, NAN_UNEXPECTED, NAN_NOT_YET, CRASHED):
         notes.append("partial run" + (f": {last} of {max_iter} iterations" if last is not None and max_iter else ""))
     for w in rec.warnings[:3]:
         notes.append(w)
@@ -116,17 +118,21 @@ def _toy_verdict(card: ScoreCard, rec: RunRecord, variant: str) -> None:
     card.notes.append(f"toy analogue of {cell.source}: {'NAN' if cell.is_nan else f'{cell.value:g}'} in the paper")
     if rec.diverged:
         card.verdict = NAN_EXPECTED if cell.is_nan else NAN_UNEXPECTED
+    elif rec.crashed:
+        pass
     elif cell.is_nan and card.complete:
         card.verdict = CONVERGED_PAPER_NAN
 
 
 def _verdict(card: ScoreCard, rec: RunRecord, result, tolerance: float) -> str:
-    if result is not None and result.is_nan:
-        if rec.diverged:
-            return NAN_EXPECTED
-        return CONVERGED_PAPER_NAN if card.complete else NAN_NOT_YET
     if rec.diverged:
-        return NAN_UNEXPECTED
+        return NAN_EXPECTED if result is not None and result.is_nan else NAN_UNEXPECTED
+    if rec.crashed:     # its last mAP is not the schedule's end: no comparison
+        where = "" if rec.crashed.iteration is None else f" after iteration {rec.crashed.iteration}"
+        card.notes.append(f"crashed{where} (line {rec.crashed.line}): {rec.crashed.message[:160]}")
+        return CRASHED
+    if result is not None and result.is_nan:
+        return CONVERGED_PAPER_NAN if card.complete else NAN_NOT_YET
     if card.final_map is None:
         if rec.tests:
             card.notes.append(f"the tests report no mAP output (outputs: {', '.join(rec.test_output_names())})")

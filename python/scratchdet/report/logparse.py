@@ -13,6 +13,22 @@ gradient-clipping events; resumes; "Optimization Done."; and our extra lines (gr
 speed/ETA, divergence). A non-finite loss (``nan``, ``-nan``, ``inf``, ``1.#QNAN``) marks the run as
 diverged at that iteration, whether or not the log says so in words.
 
+Forks: BVLC ("Iteration N (x iter/s, ys/K iters), loss = v"), NVIDIA caffe ("(x iter/s, ys/K iter)",
+"(y s)" on its first iterations, ", m = .., wd = .." after the lr), Xilinx (", remaining N hours" after
+the loss), BVLC before 2015 ("Test score #k: v", read as output ``score#k``; lr line before the loss
+line). A line that names an iteration in a form not known ends the current display point and test,
+so the outputs after it are not booked at an earlier iteration.
+
+Rules for tests: a test block is booked at the iteration its "Iteration N, Testing net" line names.
+A bare "Testing net" (BVLC 2013) is booked at the first multiple of the solver's test_interval at or
+after the latest iteration the log named (without test_interval: that iteration, with a warning). A
+test output with no "Testing net" line before it (a log cut or filtered) is booked at no iteration:
+it is counted in ``unplaced_tests`` with a warning, never given to the previous test.
+
+A fatal glog line (``F0723 ... Check failed: ...``), glog's failure handler (``*** Aborted at``,
+``*** SIGSEGV ... received by PID``) or the shell's ``Aborted``/``Segmentation fault`` marks the run as
+crashed (``status`` "crashed", ``crashed`` holds the line), unless a new solver block follows (a restart).
+
 Parsing never raises on content: malformed or truncated logs give what could be read plus
 ``warnings``. Only an unreadable file is an error (``parse_log``).
 """
@@ -26,45 +42,21 @@ from typing import Iterable
 
 from ..errors import ScratchDetError
 
-GLOG = re.compile(r"^([IWEF])(\d{4}) (\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s+(\d+)\s+([^\]\s]+)\]\s?(.*)$")
-# a number as iostream prints it, or MSVC's 1.#QNAN; the look-ahead rejects a number cut short
-NUM = r"([-+]?\d\.#\w+|[-+]?(?i:nan|inf)\w*|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\d.#eE])"
+# Caffe's log wording lives with the writer (engine/glog.py); the parser only reads it
+from ..engine.glog import number  # noqa: F401  (a number as Caffe prints it; re-exported)
+from ..engine.glog import (CLIP_RE as CLIP, CRASH_RE as CRASH, DIVERGED_RE as DIVERGED, DONE_RE as DONE,
+                           GLOG_RE as GLOG, GRAD_NORM_RE as GRAD_NORM, ITER_PER_S_RE as ITER_PER_S, ITERATION_RE,
+                           LOSS_RE as LOSS, LR_RE as LR, MISSING_TP_RE as MISSING_TP, MULTISTEP_RE as MULTISTEP,
+                           NET_BLOCK, NUM_RE as NUM, OLD_TEST_SCORE_RE as OLD_TEST_SCORE, PER_CLASS_RE as PER_CLASS,
+                           RESTORE_RE as RESTORE, SNAPSHOT_RE as SNAPSHOT, SNAPSHOT_STATE_RE as SNAPSHOT_STATE,
+                           SOLVER_BLOCK, SOLVING_RE as SOLVING, SPEED_RE as SPEED, TEST_LOSS_RE as TEST_LOSS,
+                           TEST_OUTPUT_RE as TEST_OUTPUT, TESTING_RE as TESTING, TRAIN_OUTPUT_RE as TRAIN_OUTPUT)
 
-LOSS = re.compile(r"Iteration (\d+)(?: \(" + NUM + r" iter/s, " + NUM + r"s/(\d+) iters\))?, loss = " + NUM)
-TRAIN_OUTPUT = re.compile(r"Train net output #(\d+): (\S+) = " + NUM + r"(?: \(\* " + NUM + r" = " + NUM + r" loss\))?")
-LR = re.compile(r"Iteration (\d+), lr = " + NUM)
-TESTING = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
-TEST_OUTPUT = re.compile(r"Test net output #(\d+): (\S+) = " + NUM + r"(?: \(\* " + NUM + r" = " + NUM + r" loss\))?")
-PER_CLASS = re.compile(r"^\s*class(\d+): " + NUM + r"\s*$")
-TEST_LOSS = re.compile(r"Test loss: " + NUM)
-SNAPSHOT = re.compile(r"Snapshotting to (?:binary proto|HDF5) file (\S+)")
-SNAPSHOT_STATE = re.compile(r"Snapshotting solver state to (?:binary proto|HDF5) file (\S+)")
-MULTISTEP = re.compile(r"MultiStep Status: Iteration (\d+), step = (\d+)")
-CLIP = re.compile(r"Gradient clipping: scaling down gradients \(L2 norm " + NUM + r" > " + NUM + r"\) by scale factor " + NUM)
-RESTORE = re.compile(r"(?:SGDSolver: restoring history from|Restoring previous solver status from) (\S+)")
-SOLVING = re.compile(r"^Solving (\S*)")
-DONE = re.compile(r"Optimization Done\.")
-GRAD_NORM = re.compile(r"Iteration (\d+), gradient L2 norm = " + NUM)
-SPEED = re.compile(r"Iteration (\d+), speed = " + NUM + r" iter/s, " + NUM + r" images/s, ETA (\d+):(\d{2}):(\d{2})")
-DIVERGED = re.compile(r"Training diverged at iteration (\d+): loss = " + NUM)
-MISSING_TP = re.compile(r"Missing true_pos for label: (\d+)")
-SOLVER_BLOCK = "Initializing solver from parameters:"
-NET_BLOCK = "Initializing net from parameters:"
 BLOCK_FIELD = re.compile(r"^\s*(\w+)\s*:\s*(.*?)\s*$")
 TEST_KEYWORDS = ("Iteration", "Train net output", "Test net output", "Test loss", "Training diverged")
 PROTO_LINE = re.compile(r"^(?:\w+\s*:\s*\S.*|\w+\s*\{|\})$")   # a line of protobuf text format
 
 MAX_WARNINGS = 20   # one malformed line per kind is enough to read; the rest are counted
-
-
-def number(text: str) -> float:
-    """A number as C++ iostream (or MSVC's runtime) prints it: ``nan``, ``-nan``, ``inf``, ``1.#QNAN``..."""
-    t = text.strip().lower()
-    if "nan" in t or "#ind" in t or "#q" in t:
-        return math.nan
-    if "inf" in t:
-        return -math.inf if t.startswith("-") else math.inf
-    return float(t)
 
 
 @dataclass
@@ -95,6 +87,13 @@ class Divergence:
 
 
 @dataclass
+class Crash:
+    iteration: int | None   # the latest iteration the log named before it (None: before any)
+    line: int               # 1-based line number in the log
+    message: str            # the fatal line's message, e.g. "Check failed: mdb_status == 0 (2 vs. 0) ..."
+
+
+@dataclass
 class RunRecord:
     source: str = ""
     format: str = "unknown"                        # "ssd" | "bvlc" | "scratchdet" | "unknown"
@@ -109,6 +108,8 @@ class RunRecord:
     clips: list[tuple[float, float, float]] = field(default_factory=list)     # (norm, threshold, scale)
     resumed_from: list[str] = field(default_factory=list)
     diverged: Divergence | None = None
+    crashed: Crash | None = None                   # a fatal glog line (F...), glog's failure handler, the shell's "Aborted"
+    unplaced_tests: int = 0                        # test outputs with no 'Testing net' line: booked nowhere
     done: bool = False
     lines: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -135,6 +136,8 @@ class RunRecord:
     def status(self) -> str:
         if self.diverged:
             return "diverged"
+        if self.crashed:
+            return "crashed"
         if self.done:
             return "done"
         return "running" if self.lines else "empty"
@@ -186,6 +189,9 @@ class RunRecord:
             "diverged": None if not self.diverged else {"iteration": self.diverged.iteration,
                                                         "value": _json_num(self.diverged.value),
                                                         "line": self.diverged.line, "reported": self.diverged.reported},
+            "crashed": None if not self.crashed else {"iteration": self.crashed.iteration, "line": self.crashed.line,
+                                                      "message": self.crashed.message},
+            "unplaced_tests": self.unplaced_tests,
             "train": [{"iteration": p.iteration, "loss": _json_num(p.loss), "lr": p.lr,
                        "outputs": {k: _json_num(v) for k, v in p.outputs.items()}} for p in self.train],
             "tests": [{"iteration": t.iteration, "net": t.net, "outputs": {k: _json_num(v) for k, v in t.outputs.items()},
@@ -214,6 +220,8 @@ class _Parser:
         self.test: TestPoint | None = None      # the test whose outputs are being read
         self.point: TrainPoint | None = None    # the display point being read
         self.cur_iter = 0
+        self.test_indices: set[int] = set()
+        self.lr_only: dict[int, int] = {}        # id(TrainPoint) of an lr line still without its loss -> line      # output indices the current test block has shown
         self.ours = False
         self.bvlc = False
         self.caffe_lines = 0
@@ -233,12 +241,18 @@ class _Parser:
             if self.block is not None and self._block_line(line):
                 return
             message, tag = line.strip(), ""
+            if CRASH.match(message):
+                self._crash(lineno, message)
+                return
         else:
             self.block = None
             message, tag = m.group(6), m.group(5)
             self.caffe_lines += 1
             if tag.startswith("train.py"):
                 self.ours = True
+            if m.group(1) == "F":       # glog's FATAL: Caffe aborts right after it
+                self._crash(lineno, f"{tag}] {message.strip()}")
+                return
         if message:
             self._message(lineno, message, line)
 
@@ -288,6 +302,11 @@ class _Parser:
             self.depth = 0
             if self.block == "solver":      # a resumed run logs its parameters again: the last block wins
                 self.rec.solver = {}
+                if self.rec.crashed is not None:   # ... and a crash before it is history
+                    c = self.rec.crashed
+                    self.rec.warnings.append(f"{rec.source}:{c.line}: the run crashed ({c.message[:80]}) and was "
+                                             f"started again at line {lineno}")
+                    self.rec.crashed = None
             rest = message.split(":", 1)[1].strip()
             if rest:
                 self._block_line(rest)
@@ -300,6 +319,9 @@ class _Parser:
         except (ValueError, OverflowError):
             self.warn("number:" + message.split(" ", 1)[0], f"{rec.source}:{lineno}: unreadable number in {message[:100]!r}")
             return
+        if ITERATION_RE.search(message):   # an iteration line of a form not known: what follows is not
+            self.point = None              # the last known point's, nor the last test's
+            self.test = None
         if any(message.lstrip().startswith(k) for k in TEST_KEYWORDS):
             self.warn("unparsed:" + message.split(" ", 1)[0],
                       f"{rec.source}:{lineno}: line not understood (truncated?): {message[:100]!r}")
@@ -308,12 +330,19 @@ class _Parser:
         rec = self.rec
         m = LOSS.search(message)
         if m:
-            it, loss = int(m.group(1)), number(m.group(5))
+            it, loss = int(m.group(1)), number(m.group(3))
             self.cur_iter = it
+            speed = ITER_PER_S.search(m.group(2) or "")
             if m.group(2) is not None:
                 self.bvlc = True
-            self.point = TrainPoint(it, loss, iter_per_s=number(m.group(2)) if m.group(2) else None)
-            rec.train.append(self.point)
+            per_s = number(speed.group(1)) if speed else None
+            if self.point is not None and id(self.point) in self.lr_only and self.point.iteration == it:
+                # BVLC before 2015 logs the lr line first: this is its loss
+                self.lr_only.pop(id(self.point), None)
+                self.point.loss, self.point.iter_per_s = loss, per_s
+            else:
+                self.point = TrainPoint(it, loss, iter_per_s=per_s)
+                rec.train.append(self.point)
             self.test = None
             if not math.isfinite(loss):
                 self._diverge(it, loss, lineno, reported=False)
@@ -339,24 +368,34 @@ class _Parser:
             else:   # an lr line without its loss line (display cut short): keep it on its own
                 self.point = TrainPoint(it, math.nan, lr=lr)
                 rec.train.append(self.point)
-                self.warn("lr-alone", f"{rec.source}:{lineno}: 'lr' line at iteration {it} without its loss line")
+                self.lr_only[id(self.point)] = lineno   # its loss line may follow (BVLC before 2015)
             return True
-        m = TESTING.search(message)
+        m = TESTING.search(message.strip())
         if m:
-            self.cur_iter = int(m.group(1))
-            self.test = TestPoint(self.cur_iter, int(m.group(2)))
+            if m.group(1) is not None:
+                self.cur_iter = int(m.group(1))
+                it = self.cur_iter
+            else:
+                it = self._untold_test_iteration(lineno)
+            self.test = TestPoint(it, int(m.group(2) or 0))
+            self.test_indices = set()
             rec.tests.append(self.test)
             return True
         m = TEST_OUTPUT.search(message)
-        if m:
-            value = number(m.group(3))
+        old = None if m else OLD_TEST_SCORE.search(message.strip())
+        if m or old:
+            index = int((m or old).group(1))
+            name = m.group(2) if m else f"score#{index}"
+            value = number(m.group(3) if m else old.group(2))
+            if self.test is not None and index in self.test_indices:   # a second block: its header is lost
+                self.test = None
             if self.test is None:
-                it = self._current_iteration()
-                self.warn("orphan-test", f"{rec.source}:{lineno}: test output without a 'Testing net' line; "
-                                         f"counted at iteration {it}")
-                self.test = TestPoint(it, 0)
-                rec.tests.append(self.test)
-            self.test.outputs[m.group(2)] = value
+                rec.unplaced_tests += 1
+                self.warn("orphan-test", f"{rec.source}:{lineno}: test output without its 'Testing net' line: "
+                                         "not booked at any iteration")
+                return True
+            self.test_indices.add(index)
+            self.test.outputs[name] = value
             return True
         m = PER_CLASS.search(message)
         if m and self.test is not None:
@@ -422,9 +461,20 @@ class _Parser:
             return True
         return False
 
-    def _current_iteration(self) -> int:
-        """The iteration of the latest line that names one (logs of resumed runs go back in time)."""
+    def _untold_test_iteration(self, lineno: int) -> int:
+        """BVLC Caffe before 2014 logs a bare "Testing net": its test ran at the first multiple of
+        test_interval at or after the latest iteration the log named (the display lines come first).
+        Without a known test_interval, the latest named iteration is taken, and a warning says so."""
+        interval = self.rec.solver.get("test_interval")
+        if isinstance(interval, int) and interval > 0:
+            return -(-self.cur_iter // interval) * interval
+        self.warn("test-iteration", f"{self.rec.source}:{lineno}: 'Testing net' line without an iteration and no "
+                                    f"test_interval in the log: booked at iteration {self.cur_iter}, the latest named")
         return self.cur_iter
+
+    def _crash(self, lineno: int, message: str) -> None:
+        if self.rec.crashed is None:
+            self.rec.crashed = Crash(self.cur_iter if (self.rec.train or self.rec.tests) else None, lineno, message)
 
     def _diverge(self, iteration: int, value: float, lineno: int, reported: bool) -> None:
         d = self.rec.diverged
@@ -436,6 +486,10 @@ class _Parser:
     def finish(self, lines: int) -> RunRecord:
         rec = self.rec
         rec.lines = lines
+        for p in rec.train:
+            if id(p) in self.lr_only:
+                self.warn("lr-alone", f"{rec.source}:{self.lr_only[id(p)]}: 'lr' line at iteration {p.iteration} "
+                                      "without its loss line")
         rec.format = "scratchdet" if self.ours else "bvlc" if self.bvlc else "ssd" if self.caffe_lines else "unknown"
         for t in rec.tests:
             if not t.outputs:

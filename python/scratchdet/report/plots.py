@@ -18,8 +18,11 @@ the absolute change of the norm between consecutive display points, |g_k - g_(k-
 a trailing window of ``--window`` display points (default 10): large when the gradient jumps
 around, small when it changes predictably, which is the property Figure 1 argues about.
 
-One colour per run, labelled by variant; a run that diverged ends with an ``x`` at the iteration of
-its first non-finite loss, placed at its last finite value.
+One colour per run, labelled by variant (logs that share one are told apart by their file paths);
+a run that diverged ends with an ``x`` at the iteration of its first non-finite loss, placed at its
+last finite value in that panel, or at the panel's top edge when the run has no finite value there.
+A panel whose quantity a log lacks (Caffe's logs have no gradient norm) shows nothing for that run,
+not a divergence marker at zero.
 """
 from __future__ import annotations
 
@@ -67,16 +70,20 @@ def _finite(series):
 
 def _draw(ax, series, rec: RunRecord, label: str, color, scale: float = 1.0, marker=None) -> bool:
     """One run's curve (finite points), its divergence marker; True when anything was drawn."""
+    series = list(series)
     pts = _finite(series)
     if pts:
         x, y = zip(*pts)
         ax.plot(x, [v * scale for v in y], color=color, label=label, linewidth=1.2,
                 marker=marker or ("o" if len(pts) == 1 else None), markersize=3)
-    if rec.diverged is not None:
+    if rec.diverged is not None and series:   # no marker where the log lacks this quantity
         before = [p for p in pts if p[0] <= rec.diverged.iteration] or pts
-        y = before[-1][1] * scale if before else 0.0
-        ax.plot([rec.diverged.iteration], [y], marker="x", color=color, markersize=10, markeredgewidth=2,
-                linestyle="none", label=None if pts else label)
+        style = dict(marker="x", color=color, markersize=10, markeredgewidth=2, linestyle="none",
+                     label=None if pts else label, clip_on=False)
+        if before:
+            ax.plot([rec.diverged.iteration], [before[-1][1] * scale], **style)
+        else:   # only non-finite values: at the top edge, not at a made-up value
+            ax.plot([rec.diverged.iteration], [1.0], transform=ax.get_xaxis_transform(), **style)
         return True
     return bool(pts)
 
@@ -174,6 +181,28 @@ def plot_runs(runs: list[tuple[str, RunRecord]], out_dir, window: int = FLUCTUAT
     return written
 
 
+def distinct_labels(names: list[str], paths: list[str]) -> list[str]:
+    """``names`` as given where unique; runs that share one get ``name (path)`` with the fewest
+    trailing path parts that tell them apart (the file name, else its folders too)."""
+    out = list(names)
+    for name in set(names):
+        idx = [k for k, n in enumerate(names) if n == name]
+        if len(idx) < 2:
+            continue
+        parts = [Path(paths[k]).parts for k in idx]
+        depth = 1
+        while depth < max(len(p) for p in parts) and len({p[-depth:] for p in parts}) < len(parts):
+            depth += 1
+        for k, p in zip(idx, parts):
+            out[k] = f"{name} ({'/'.join(p[-depth:])})"
+    seen: dict[str, int] = {}
+    for k, label in enumerate(out):      # the same file given twice
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            out[k] = f"{label} #{seen[label]}"
+    return out
+
+
 # -- CLI ----------------------------------------------------------------------------------------------
 
 def add_arguments(p) -> None:
@@ -195,13 +224,12 @@ def main(args) -> int:
         rec = parse_log(log)
         for w in rec.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        label = labels[k] if labels else (variants.infer_variant(log, rec) or Path(log).stem)
-        base, n = label, 2
-        while label in dict(runs):
-            label, n = f"{base} ({n})", n + 1
-        runs.append((label, rec))
+        runs.append((labels[k] if labels else (variants.infer_variant(log, rec) or Path(log).stem), rec))
+    names = distinct_labels([name for name, _ in runs], args.logs)
+    for k, ((name, rec), label) in enumerate(zip(runs, names)):
+        runs[k] = (label, rec)
         try:
-            result = variants.paper_result(variants.paper_key_for(labels[k] if labels else label))
+            result = variants.paper_result(variants.paper_key_for(name))
         except ScratchDetError:
             result = None
         if result is not None and result.value is not None and result.metric.startswith("VOC"):

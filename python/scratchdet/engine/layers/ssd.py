@@ -5,6 +5,8 @@ numpy float32 on the CPU as Caffe does, the losses are torch expressions so auto
 Caffe's gradients."""
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +292,11 @@ class DetectionOutput(Layer):
         self.var_in_target = bool(dp.variance_encoded_in_target)
         self.share_location = bool(dp.share_location)
         self.saver = None              # result files of test passes: see enable_saving
+        self.clip = bool(dp.clip)      # not the SSD fork's: OpenCV's (see caffe.proto)
+        if dp.HasField("clip"):
+            print(f"warning: {self.where}: detection_output_param.clip is not an SSD fork field (newer forks, "
+                  f"OpenCV); {'decoded boxes are clipped to [0, 1] before NMS, as OpenCV does' if self.clip else 'false: no effect'}",
+                  file=sys.stderr)
 
     def enable_saving(self) -> bool:
         """Write ``save_output_param``'s result files from now on (test passes only; see
@@ -313,6 +320,8 @@ class DetectionOutput(Layer):
                 li = 0 if self.share_location else c
                 if li not in decoded_by_loc:
                     decoded_by_loc[li] = bx.decode(priors, variances, loc[i, :, li], self.code_type, self.var_in_target)
+                    if self.clip:
+                        decoded_by_loc[li] = np.clip(decoded_by_loc[li], 0.0, 1.0)
                 decoded = decoded_by_loc[li]
                 scores = conf[i, :, c]
                 keep = bx.nms(decoded, scores, self.nms_threshold, self.top_k, self.eta, self.conf_threshold)
