@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import random
+import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -136,9 +137,10 @@ def parse_txt(path: Path) -> RawAnnotation:
 
 
 def _int_or_none(v):
+    """A declared size as an int; None (use the image's) for missing, non-numeric or non-finite values."""
     try:
         return int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -155,7 +157,20 @@ def check_file_name(list_path: str) -> None:
 
 
 def process_entry(entry: Entry, name_to_label: dict[str, int]):
-    """-> (serialized record, issues, (height, width), object count); raises BadRecord."""
+    """-> (serialized record, issues, (height, width), object count); raises BadRecord, and only
+    BadRecord: whatever else one record raises (an OpenCV limit, an overflow in an odd field) makes
+    that record bad, never the conversion."""
+    try:
+        return _process_entry(entry, name_to_label)
+    except BadRecord:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the per-record boundary: one record never aborts a run
+        detail = " ".join(str(exc).split())[:200] or "no detail"
+        raise BadRecord("bad record", f"{entry.list_path}: cannot convert this record "
+                                      f"({type(exc).__name__}: {detail})") from None
+
+
+def _process_entry(entry: Entry, name_to_label: dict[str, int]):
     if entry.problem is not None:
         raise entry.problem
     check_file_name(entry.list_path)
@@ -175,6 +190,12 @@ _WORKER_LABELS: dict[str, int] = {}
 def _init_worker(name_to_label):
     global _WORKER_LABELS
     _WORKER_LABELS = name_to_label
+    # Ctrl-C reaches the whole process group: only the parent acts on it (it terminates the pool
+    # and removes the temporary database); a worker raising KeyboardInterrupt mid-task would print
+    # a traceback and can leave the pool waiting for a result that never comes. SIGTERM (sent by
+    # Pool.terminate) ends a worker at once, whatever handler the parent installed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _work(entry: Entry):
@@ -220,8 +241,9 @@ def convert(entries: Sequence[Entry], db_path, name_to_label: dict[str, int], *,
     with lmdb_io.LMDBWriter(db_path, map_size=map_size) as writer:
         bar = tqdm(total=len(entries), desc=desc or db_path.name, unit="img", disable=None if not quiet else True,
                    file=stream, dynamic_ncols=True)
+        results = _results(_dedup(entries, seen), name_to_label, jobs)
         try:
-            for index, (entry, (ok, result)) in enumerate(zip(entries, _results(_dedup(entries, seen), name_to_label, jobs))):
+            for index, (entry, (ok, result)) in enumerate(zip(entries, results)):
                 bar.update(1)
                 if not ok:
                     if strict:
@@ -241,6 +263,7 @@ def convert(entries: Sequence[Entry], db_path, name_to_label: dict[str, int], *,
                 summary.objects += n_objects
                 summary.sizes.append((entry.name or Path(entry.list_path).stem, h, w))
         finally:
+            results.close()       # stops the pool now (also on Ctrl-C / SIGTERM), before the writer cleans up
             bar.close()
         if summary.written == 0:
             raise ScratchDetError(f"{db_path}: no record could be written ({summary.line()}); no database written")

@@ -94,6 +94,17 @@ def to_bgr8(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return image, notes
 
 
+def _decode(data: bytes, flags: int, path) -> np.ndarray | None:
+    """cv2.imdecode; OpenCV's own refusals (a header claiming more than its pixel limit, ...) raise
+    cv2.error, which becomes a bad record naming the file."""
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[-1].strip() if lines else "no detail"
+        raise BadRecord("corrupt image", f"{path}: OpenCV refuses to decode it ({detail})") from None
+
+
 def load_image(path, list_path: str | None = None) -> StoredImage:
     """Read, validate and prepare one image; problems raise ``BadRecord`` naming the file."""
     path = Path(path)
@@ -110,7 +121,7 @@ def load_image(path, list_path: str | None = None) -> StoredImage:
     if data.startswith(JPEG_MAGIC):
         if not jpeg_is_complete(data):
             raise BadRecord("corrupt image", f"{path}: truncated JPEG (no end-of-image marker)")
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = _decode(data, cv2.IMREAD_COLOR, path)
         if image is None:
             raise BadRecord("corrupt image", f"{path}: corrupt JPEG (OpenCV cannot decode it)")
         components = jpeg_components(data)
@@ -127,7 +138,7 @@ def load_image(path, list_path: str | None = None) -> StoredImage:
             why = "JPEG with an unreadable frame header"
         return StoredImage(encode_jpeg(image), h, w, 3, why)
 
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    image = _decode(data, cv2.IMREAD_UNCHANGED, path)
     if image is None or image.size == 0:
         raise BadRecord("corrupt image", f"{path}: corrupt or unsupported image (OpenCV cannot decode it)")
     kind = "PNG" if data.startswith(PNG_MAGIC) else f"{path.suffix.lstrip('.').upper() or 'non-JPEG'} image"
