@@ -119,7 +119,8 @@ def entries_for(root, parts, json_cache: dict | None = None, stream=None) -> tup
         not_objects = []
         for i, ann in enumerate(doc["annotations"]):
             if isinstance(ann, dict):
-                by_image.setdefault(ann.get("image_id"), []).append(ann)
+                key = ann.get("image_id")
+                by_image.setdefault(key if isinstance(key, (int, str, float, type(None))) else repr(key), []).append(ann)
             else:
                 not_objects.append(i)
         if not_objects:
@@ -149,7 +150,7 @@ def entries_for(root, parts, json_cache: dict | None = None, stream=None) -> tup
         orphans = [k for k in by_image if k not in seen]
         if orphans:
             n = sum(len(by_image[k]) for k in orphans)
-            print(f"warning: {path.name}: {n} annotation{'s' if n != 1 else ''} point at image id"
+            print(f"warning: {path.name}: {n} annotation{'s point' if n != 1 else ' points'} at image id"
                   f"{'s' if len(orphans) != 1 else ''} not in 'images' ({', '.join(repr(k) for k in orphans[:3])}"
                   f"{', ...' if len(orphans) > 3 else ''}); ignored", file=stream)
     return entries, categories

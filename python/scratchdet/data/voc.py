@@ -14,6 +14,7 @@ order and ``VOC2012_test_lmdb`` holds them with no annotation groups; its name-s
 """
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -88,7 +89,11 @@ def _size(size, tag, path):
     v = _number(size.findtext(tag), path, f"size/{tag}")
     if v is None:
         return None
-    if not np.isfinite(v) or abs(v) >= 1 << 31:
+    try:
+        usable = math.isfinite(float(v)) and abs(v) < 1 << 31
+    except OverflowError:        # an integer literal beyond any float
+        usable = False
+    if not usable:
         raise BadRecord("bad annotation", f"{path}: size/{tag} is not a usable image size ({size.findtext(tag).strip()!r})")
     return int(v)
 
