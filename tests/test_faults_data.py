@@ -186,10 +186,10 @@ def test_any_exception_of_one_record_is_a_skipped_record(tmp_path, monkeypatch):
     from scratchdet.data import convert, images
     real = images.load_image
 
-    def flaky(path, list_path=None):
+    def flaky(path, *args, **kw):
         if "boom" in str(path):
             raise ZeroDivisionError("injected")
-        return real(path, list_path)
+        return real(path, *args, **kw)
 
     monkeypatch.setattr(images, "load_image", flaky)
     entries = []
@@ -477,3 +477,16 @@ def test_two_clean_conversions_give_the_same_bytes(tmp_path):
         assert r.returncode == 0, r.stderr
         outs.append((tmp_path / f"out{k}" / "VOC0712_test_lmdb" / "data.mdb").read_bytes())
     assert len(outs[0]) > 0 and outs[0] == outs[1]
+
+
+def _die_on_five(i):
+    if i == 5:
+        os.kill(os.getpid(), signal.SIGKILL)     # as the OOM killer would
+    return i * i
+
+
+def test_a_worker_killed_mid_conversion_is_one_line_not_a_hang():
+    from scratchdet.data.parallel import ordered_map
+    assert list(ordered_map(lambda i: i * i, range(40), 3)) == [i * i for i in range(40)]
+    with pytest.raises(ScratchDetError, match=r"worker process died \(signal 9\) on 0 \.\. 7"):
+        list(ordered_map(_die_on_five, range(40), 3, describe=lambda c: f"{c[0]} .. {c[-1]}"))

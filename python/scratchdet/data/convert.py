@@ -10,10 +10,9 @@ The key index counts every list line, skipped ones included, as convert_annoset 
 """
 from __future__ import annotations
 
+import functools
 import json
-import multiprocessing
 import random
-import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from ..errors import ScratchDetError
 from . import images, lmdb_io
 from .files import write_atomic
+from .parallel import ordered_map
 from .record import STRICT_ISSUES, BadRecord, Issue, RawAnnotation, RawObject, build_datum
 
 LABEL_TYPES = ("xml", "json", "txt")
@@ -174,8 +174,9 @@ def _process_entry(entry: Entry, name_to_label: dict[str, int]):
     if entry.problem is not None:
         raise entry.problem
     check_file_name(entry.list_path)
-    image = images.load_image(entry.image_path, entry.list_path)
     anno = load_annotation(entry)
+    declared = (anno.width, anno.height) if anno is not None and anno.width and anno.height else None
+    image = images.load_image(entry.image_path, entry.list_path, declared)
     record, issues = build_datum(image, anno, name_to_label)
     n_objects = sum(len(g.annotation) for g in record.annotation_group)
     if anno is not None and not anno.objects:
@@ -183,39 +184,21 @@ def _process_entry(entry: Entry, name_to_label: dict[str, int]):
     return record.SerializeToString(), issues, (image.height, image.width), n_objects
 
 
-# Worker-process state: set once per worker by the pool initializer.
-_WORKER_LABELS: dict[str, int] = {}
-
-
-def _init_worker(name_to_label):
-    global _WORKER_LABELS
-    _WORKER_LABELS = name_to_label
-    # Ctrl-C reaches the whole process group: only the parent acts on it (it terminates the pool
-    # and removes the temporary database); a worker raising KeyboardInterrupt mid-task would print
-    # a traceback and can leave the pool waiting for a result that never comes. SIGTERM (sent by
-    # Pool.terminate) ends a worker at once, whatever handler the parent installed.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _work(entry: Entry):
+def _outcome(entry: Entry, name_to_label):
     try:
-        return True, process_entry(entry, _WORKER_LABELS)
+        return True, process_entry(entry, name_to_label)
     except BadRecord as exc:
         return False, exc
 
 
 def _results(entries: Sequence[Entry], name_to_label, jobs: int):
+    """(ok, result or BadRecord) per entry, in order; ``jobs`` > 1 spreads them over processes."""
     if jobs <= 1:
         for entry in entries:
-            try:
-                yield True, process_entry(entry, name_to_label)
-            except BadRecord as exc:
-                yield False, exc
+            yield _outcome(entry, name_to_label)
         return
-    ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else multiprocessing.get_context()
-    with ctx.Pool(jobs, initializer=_init_worker, initargs=(name_to_label,)) as pool:
-        yield from pool.imap(_work, entries, chunksize=8)
+    yield from ordered_map(functools.partial(_outcome, name_to_label=name_to_label), entries, jobs,
+                           describe=lambda chunk: f"{chunk[0].list_path} .. {chunk[-1].list_path}")
 
 
 def convert(entries: Sequence[Entry], db_path, name_to_label: dict[str, int], *, strict: bool = False,

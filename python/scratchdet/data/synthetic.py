@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import multiprocessing
 import os
 import shutil
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from ..errors import ScratchDetError
 from . import labelmap as lm
 from .files import make_dirs, make_public, remove_stale_temps, temp_dir
+from .parallel import ordered_map
 
 FOLDER = "SYNTH"
 GENERATOR_VERSION = 1
@@ -263,9 +263,8 @@ def _rendered(seed: int, n_images: int, jobs: int):
         for index in range(n_images):
             yield render_files(seed, index)
         return
-    ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else multiprocessing.get_context()
-    with ctx.Pool(jobs) as pool:
-        yield from pool.imap(functools.partial(render_files, seed), range(n_images), chunksize=8)
+    yield from ordered_map(functools.partial(render_files, seed), range(n_images), jobs,
+                           describe=lambda chunk: f"synthetic images {chunk[0]}..{chunk[-1]}")
 
 
 def _generate_into(root: Path, n_images: int, seed: int, quiet: bool, jobs: int = 1) -> dict:
