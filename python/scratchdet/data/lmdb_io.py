@@ -345,11 +345,12 @@ class Box(NamedTuple):
 
 def decode_image(datum) -> np.ndarray:
     """HxWx3 uint8 BGR from a ``Datum`` or ``AnnotatedDatum`` (encoded or raw CHW), as the data
-    layer decodes with force_color."""
+    layer decodes with force_color: the stored pixels, an EXIF orientation tag ignored as the
+    fork's ``imdecode`` ignores it (its boxes are in stored pixels)."""
     if isinstance(datum, pb.AnnotatedDatum):
         datum = datum.datum
     if datum.encoded:
-        image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if image is None:
             raise ScratchDetError("datum: encoded image cannot be decoded (corrupt data)")
         return image
