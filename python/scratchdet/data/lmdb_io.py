@@ -100,7 +100,12 @@ class LMDBWriter:
             if self.path.exists():
                 old = temp_dir(self.path, ".old")
                 os.replace(self.path, old / "db")
-                os.replace(self.tmp, self.path)
+                try:
+                    os.replace(self.tmp, self.path)
+                except BaseException:       # the old database goes back where it was
+                    os.replace(old / "db", self.path)
+                    shutil.rmtree(old, ignore_errors=True)
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(self.tmp, self.path)
