@@ -196,11 +196,11 @@ def test_failed_or_interrupted_conversion_leaves_nothing_and_keeps_old_db(tmp_pa
     calls = {"n": 0}
     real = cv.images.load_image
 
-    def interrupt_on_third(path, list_path=None):
+    def interrupt_on_third(path, *args, **kw):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(path, list_path)
+        return real(path, *args, **kw)
 
     monkeypatch.setattr(cv.images, "load_image", interrupt_on_third)
     with pytest.raises(KeyboardInterrupt):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from .errors import ScratchDetError
@@ -64,14 +65,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scratchdet: error: '{args.command}' is not available in this build", file=sys.stderr)
         return 2
     _plain_numpy_repr()
+    old_term = _install_sigterm()
     try:
         return int(importlib.import_module(args._module).main(args) or 0)
     except ScratchDetError as exc:
         print(f"scratchdet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # the file system said no where no module turned it into a message: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"scratchdet {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"scratchdet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"scratchdet {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+class Terminated(BaseException):
+    """SIGTERM (``timeout``, SLURM, ``kill``): unwinds like Ctrl-C, so temporaries are removed."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _install_sigterm():
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:        # not the main thread (embedded use): leave signals alone
+        return None
 
 
 if __name__ == "__main__":

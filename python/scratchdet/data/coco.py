@@ -10,7 +10,8 @@ The minival name-size file uses the numeric image id as the name (``get_image_si
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import sys
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -97,29 +98,46 @@ def labelmap_from_categories(categories) -> "lm.pb.LabelMap":
     return lm.make([str(cid) for cid, _ in cats], [name for _, name in cats])
 
 
-def entries_for(root, parts, json_cache: dict | None = None) -> tuple[list[Entry], list]:
-    """Entries for (annotation set, image folder) parts, and the categories seen."""
+def entries_for(root, parts, json_cache: dict | None = None, stream=None) -> tuple[list[Entry], list]:
+    """Entries for (annotation set, image folder) parts, and the categories seen.
+
+    Bad image entries (not an object, no ``id`` / ``file_name``, a ``file_name`` leaving the image
+    folder) become skipped records named by their position; annotations that are not objects or
+    point at an image id absent from ``images`` are left out with one warning line per kind.
+    """
     root = Path(root)
+    stream = stream or sys.stderr
     entries, categories = [], []
     json_cache = {} if json_cache is None else json_cache
     for ann_set, folder in parts:
         path = find_annotation_file(root, ann_set)
         doc = json_cache.get(path) or load_instances(path)
         json_cache[path] = doc
-        categories.extend(doc.get("categories") or [])
+        categories.extend(c for c in (doc.get("categories") or []) if isinstance(c, dict))
         image_dir = find_image_dir(root, folder)
         by_image: dict = {}
-        for ann in doc["annotations"]:
-            by_image.setdefault(ann.get("image_id") if isinstance(ann, dict) else None, []).append(ann)
+        not_objects = []
+        for i, ann in enumerate(doc["annotations"]):
+            if isinstance(ann, dict):
+                key = ann.get("image_id")
+                by_image.setdefault(key if isinstance(key, (int, str, float, type(None))) else repr(key), []).append(ann)
+            else:
+                not_objects.append(i)
+        if not_objects:
+            print(f"warning: {path.name}: {len(not_objects)} annotation entr{'y is' if len(not_objects) == 1 else 'ies are'} "
+                  f"not JSON objects (annotations[{not_objects[0]}]{', ...' if len(not_objects) > 1 else ''}); ignored",
+                  file=stream)
         seen = set()
-        for img in doc["images"]:
-            try:
-                image_id, file_name = img["id"], img["file_name"]
-            except (KeyError, TypeError):
-                raise ScratchDetError(f"{path}: an image entry lacks 'id' or 'file_name' ({str(img)[:80]})") from None
+        for i, img in enumerate(doc["images"]):
+            where = f"{path.name} images[{i}]"
+            image_id = img.get("id") if isinstance(img, dict) else None
+            file_name = img.get("file_name") if isinstance(img, dict) else None
+            problem = _image_entry_problem(img, image_id, file_name, where)
+            if problem is not None:
+                entries.append(Entry(f"{image_dir}/<{where}>", "", None, "json", str(image_id), problem))
+                continue
             list_path = f"{image_dir}/{file_name}"
             source = f"{path.name} image {image_id}"
-            problem = None
             if image_id in seen:
                 problem = BadRecord("duplicate", f"{source}: image id {image_id} appears more than once")
             seen.add(image_id)
@@ -129,13 +147,32 @@ def entries_for(root, parts, json_cache: dict | None = None) -> tuple[list[Entry
                 problem, objects = problem or exc, []
             anno = RawAnnotation(source, _int(img.get("width")), _int(img.get("height")), objects)
             entries.append(Entry(list_path, str(root / list_path), anno, "json", str(image_id), problem))
+        orphans = [k for k in by_image if k not in seen]
+        if orphans:
+            n = sum(len(by_image[k]) for k in orphans)
+            print(f"warning: {path.name}: {n} annotation{'s point' if n != 1 else ' points'} at image id"
+                  f"{'s' if len(orphans) != 1 else ''} not in 'images' ({', '.join(repr(k) for k in orphans[:3])}"
+                  f"{', ...' if len(orphans) > 3 else ''}); ignored", file=stream)
     return entries, categories
+
+
+def _image_entry_problem(img, image_id, file_name, where: str) -> BadRecord | None:
+    if not isinstance(img, dict):
+        return BadRecord("bad image entry", f"{where}: not a JSON object ({str(img)[:60]})")
+    if image_id is None or isinstance(image_id, (dict, list)):
+        return BadRecord("bad image entry", f"{where}: no usable 'id' ({str(img)[:80]})")
+    if not isinstance(file_name, str) or not file_name.strip():
+        return BadRecord("bad image entry", f"{where} (id {image_id}): no 'file_name'")
+    parts = PurePosixPath(file_name.replace("\\", "/")).parts
+    if file_name.startswith(("/", "\\")) or ".." in parts:
+        return BadRecord("bad file name", f"{where} (id {image_id}): file_name {file_name!r} leaves the image folder")
+    return None
 
 
 def _int(v):
     try:
         return int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

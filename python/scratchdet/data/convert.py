@@ -10,8 +10,8 @@ The key index counts every list line, skipped ones included, as convert_annoset 
 """
 from __future__ import annotations
 
+import functools
 import json
-import multiprocessing
 import random
 import sys
 from collections import Counter
@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..errors import ScratchDetError
 from . import images, lmdb_io
 from .files import write_atomic
+from .parallel import ordered_map
 from .record import STRICT_ISSUES, BadRecord, Issue, RawAnnotation, RawObject, build_datum
 
 LABEL_TYPES = ("xml", "json", "txt")
@@ -136,9 +137,10 @@ def parse_txt(path: Path) -> RawAnnotation:
 
 
 def _int_or_none(v):
+    """A declared size as an int; None (use the image's) for missing, non-numeric or non-finite values."""
     try:
         return int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -155,12 +157,26 @@ def check_file_name(list_path: str) -> None:
 
 
 def process_entry(entry: Entry, name_to_label: dict[str, int]):
-    """-> (serialized record, issues, (height, width), object count); raises BadRecord."""
+    """-> (serialized record, issues, (height, width), object count); raises BadRecord, and only
+    BadRecord: whatever else one record raises (an OpenCV limit, an overflow in an odd field) makes
+    that record bad, never the conversion."""
+    try:
+        return _process_entry(entry, name_to_label)
+    except BadRecord:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the per-record boundary: one record never aborts a run
+        detail = " ".join(str(exc).split())[:200] or "no detail"
+        raise BadRecord("bad record", f"{entry.list_path}: cannot convert this record "
+                                      f"({type(exc).__name__}: {detail})") from None
+
+
+def _process_entry(entry: Entry, name_to_label: dict[str, int]):
     if entry.problem is not None:
         raise entry.problem
     check_file_name(entry.list_path)
-    image = images.load_image(entry.image_path, entry.list_path)
     anno = load_annotation(entry)
+    declared = (anno.width, anno.height) if anno is not None and anno.width and anno.height else None
+    image = images.load_image(entry.image_path, entry.list_path, declared)
     record, issues = build_datum(image, anno, name_to_label)
     n_objects = sum(len(g.annotation) for g in record.annotation_group)
     if anno is not None and not anno.objects:
@@ -168,33 +184,21 @@ def process_entry(entry: Entry, name_to_label: dict[str, int]):
     return record.SerializeToString(), issues, (image.height, image.width), n_objects
 
 
-# Worker-process state: set once per worker by the pool initializer.
-_WORKER_LABELS: dict[str, int] = {}
-
-
-def _init_worker(name_to_label):
-    global _WORKER_LABELS
-    _WORKER_LABELS = name_to_label
-
-
-def _work(entry: Entry):
+def _outcome(entry: Entry, name_to_label):
     try:
-        return True, process_entry(entry, _WORKER_LABELS)
+        return True, process_entry(entry, name_to_label)
     except BadRecord as exc:
         return False, exc
 
 
 def _results(entries: Sequence[Entry], name_to_label, jobs: int):
+    """(ok, result or BadRecord) per entry, in order; ``jobs`` > 1 spreads them over processes."""
     if jobs <= 1:
         for entry in entries:
-            try:
-                yield True, process_entry(entry, name_to_label)
-            except BadRecord as exc:
-                yield False, exc
+            yield _outcome(entry, name_to_label)
         return
-    ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else multiprocessing.get_context()
-    with ctx.Pool(jobs, initializer=_init_worker, initargs=(name_to_label,)) as pool:
-        yield from pool.imap(_work, entries, chunksize=8)
+    yield from ordered_map(functools.partial(_outcome, name_to_label=name_to_label), entries, jobs,
+                           describe=lambda chunk: f"{chunk[0].list_path} .. {chunk[-1].list_path}")
 
 
 def convert(entries: Sequence[Entry], db_path, name_to_label: dict[str, int], *, strict: bool = False,
@@ -220,8 +224,9 @@ def convert(entries: Sequence[Entry], db_path, name_to_label: dict[str, int], *,
     with lmdb_io.LMDBWriter(db_path, map_size=map_size) as writer:
         bar = tqdm(total=len(entries), desc=desc or db_path.name, unit="img", disable=None if not quiet else True,
                    file=stream, dynamic_ncols=True)
+        results = _results(_dedup(entries, seen), name_to_label, jobs)
         try:
-            for index, (entry, (ok, result)) in enumerate(zip(entries, _results(_dedup(entries, seen), name_to_label, jobs))):
+            for index, (entry, (ok, result)) in enumerate(zip(entries, results)):
                 bar.update(1)
                 if not ok:
                     if strict:
@@ -241,6 +246,7 @@ def convert(entries: Sequence[Entry], db_path, name_to_label: dict[str, int], *,
                 summary.objects += n_objects
                 summary.sizes.append((entry.name or Path(entry.list_path).stem, h, w))
         finally:
+            results.close()       # stops the pool now (also on Ctrl-C / SIGTERM), before the writer cleans up
             bar.close()
         if summary.written == 0:
             raise ScratchDetError(f"{db_path}: no record could be written ({summary.line()}); no database written")

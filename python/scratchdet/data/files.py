@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..caffe.io import atomic_write_bytes as write_atomic
-from ..caffe.io import make_public
+from ..caffe.io import make_dirs, make_public, remove_stale_temps, temp_dir, write_error
 
-__all__ = ["make_public", "write_atomic", "REPO_ROOT", "conventional_file", "not_found_note"]
+__all__ = ["make_dirs", "make_public", "remove_stale_temps", "temp_dir", "write_atomic", "write_error",
+           "REPO_ROOT", "conventional_file", "not_found_note"]
 
 # the checkout this package runs from (python/scratchdet/data/files.py -> the repo root), if it is one
 _ROOT = Path(__file__).resolve().parents[3]

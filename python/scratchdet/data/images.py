@@ -5,6 +5,15 @@ resize is asked for; anything else is decoded as 3-channel BGR (Caffe's ``force_
 re-encoded with ``cv::imencode(".jpg")``. Unlike the fork we also re-encode grayscale and CMYK JPEGs,
 because the AnnotatedData layer checks the channel count of the decoded image and a 1-channel JPEG
 stored as is breaks a training run hours in.
+
+EXIF orientation (a camera's "rotate on display" tag): OpenCV's ``imread`` and, since 4.x, Python's
+``imdecode`` turn the pixels; the fork's data layer (``imdecode`` of OpenCV <= 4.6, checked with the
+real build) does not, so Caffe trains on the stored pixels, against boxes that a VOC annotation gives
+in stored pixels too (its ``<size>`` is the stored size; convert_annoset only warns "inconsistent
+image height/width" because its ``imread`` saw the rotated size). We keep what Caffe trains on and
+make it unambiguous: the stored pixels, with the orientation tag removed so that no decoder turns
+them, and say so naming the file. Only when the annotation's size is the *displayed* size (the boxes
+were drawn on the turned image) do we store the turned pixels instead, re-encoded.
 """
 from __future__ import annotations
 
@@ -29,6 +38,40 @@ class StoredImage:
     width: int
     channels: int            # always 3: what cv::imread(color) gives
     reencoded: str | None    # why the original bytes were not kept, or None
+    note: str | None = None  # something the user must hear about this image (EXIF orientation)
+
+
+def exif_orientation(data: bytes) -> tuple[int, int, int] | None:
+    """``(orientation, start, end)`` of a JPEG's EXIF APP1 segment holding an orientation tag
+    other than 1, or None. Only the segments before the first scan are read."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker in (0xDA, 0xD9):
+            return None
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\0\0":
+            value = _tiff_orientation(data[pos + 10:pos + 2 + length])
+            return (value, pos, pos + 2 + length) if value not in (None, 1) else None
+        pos += 2 + length
+    return None
+
+
+def _tiff_orientation(tiff: bytes) -> int | None:
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return None
+    order = "little" if tiff[:2] == b"II" else "big"
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return None
+    count = int.from_bytes(tiff[ifd:ifd + 2], order)
+    for k in range(count):
+        e = ifd + 2 + 12 * k
+        if e + 12 > len(tiff):
+            return None
+        if int.from_bytes(tiff[e:e + 2], order) == 0x0112:
+            return int.from_bytes(tiff[e + 8:e + 10], order)
+    return None
 
 
 def jpeg_components(data: bytes) -> int | None:
@@ -94,8 +137,20 @@ def to_bgr8(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return image, notes
 
 
-def load_image(path, list_path: str | None = None) -> StoredImage:
-    """Read, validate and prepare one image; problems raise ``BadRecord`` naming the file."""
+def _decode(data: bytes, flags: int, path) -> np.ndarray | None:
+    """cv2.imdecode; OpenCV's own refusals (a header claiming more than its pixel limit, ...) raise
+    cv2.error, which becomes a bad record naming the file."""
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[-1].strip() if lines else "no detail"
+        raise BadRecord("corrupt image", f"{path}: OpenCV refuses to decode it ({detail})") from None
+
+
+def load_image(path, list_path: str | None = None, declared: tuple[int, int] | None = None) -> StoredImage:
+    """Read, validate and prepare one image; problems raise ``BadRecord`` naming the file.
+    ``declared`` is the annotation's (width, height), which says how EXIF orientation is read."""
     path = Path(path)
     name = list_path or str(path)
     try:
@@ -110,13 +165,27 @@ def load_image(path, list_path: str | None = None) -> StoredImage:
     if data.startswith(JPEG_MAGIC):
         if not jpeg_is_complete(data):
             raise BadRecord("corrupt image", f"{path}: truncated JPEG (no end-of-image marker)")
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = _decode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION, path)
         if image is None:
             raise BadRecord("corrupt image", f"{path}: corrupt JPEG (OpenCV cannot decode it)")
         components = jpeg_components(data)
         h, w = image.shape[:2]
+        exif = exif_orientation(data)
+        note = None
+        if exif is not None:
+            orientation, start, end = exif
+            shown = _decode(data, cv2.IMREAD_COLOR, path)
+            if declared is not None and shown is not None and shown.shape[:2] != (h, w) \
+                    and tuple(declared) == (shown.shape[1], shown.shape[0]):
+                note = (f"{path}: EXIF orientation {orientation}: the annotation's size {declared[0]}x{declared[1]} is "
+                        "the displayed image's, so the turned pixels are stored (re-encoded)")
+                h, w = shown.shape[:2]
+                return StoredImage(encode_jpeg(shown), h, w, 3, "EXIF-oriented JPEG", note)
+            note = (f"{path}: EXIF orientation {orientation} ignored: pixels and boxes stay as stored ({w}x{h}), "
+                    "as Caffe's data layer reads them; the tag is removed so no decoder turns the image")
+            data = data[:start] + data[end:]
         if components == 3 and _ext_matches_jpeg(name):
-            return StoredImage(data, h, w, 3, None)
+            return StoredImage(data, h, w, 3, None, note)
         if components == 3:
             why = f"JPEG data with a {Path(name).suffix or 'missing'} extension"
         elif components == 1:
@@ -125,9 +194,9 @@ def load_image(path, list_path: str | None = None) -> StoredImage:
             why = "CMYK JPEG"
         else:
             why = "JPEG with an unreadable frame header"
-        return StoredImage(encode_jpeg(image), h, w, 3, why)
+        return StoredImage(encode_jpeg(image), h, w, 3, why, note)
 
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    image = _decode(data, cv2.IMREAD_UNCHANGED, path)
     if image is None or image.size == 0:
         raise BadRecord("corrupt image", f"{path}: corrupt or unsupported image (OpenCV cannot decode it)")
     kind = "PNG" if data.startswith(PNG_MAGIC) else f"{path.suffix.lstrip('.').upper() or 'non-JPEG'} image"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import struct
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from ..caffe.schema import pb
 from ..errors import ScratchDetError
-from .files import make_public
+from .files import make_dirs, make_public, remove_stale_temps, temp_dir, write_error
 
 COMMIT_EVERY = 1000                 # convert_annoset's transaction size
 INITIAL_MAP_SIZE = 1 << 30          # 1 GiB; doubled on MDB_MAP_FULL as the fork does
@@ -37,19 +37,29 @@ def record_key(index: int, list_path: str) -> bytes:
 class LMDBWriter:
     """Write key/value pairs to a new LMDB at ``path``; the database appears only on ``close()``.
 
-    Use as a context manager: leaving the block by an exception removes the temporary directory.
-    An existing database at ``path`` is replaced once the new one is complete.
+    Use as a context manager: leaving the block by an exception (a signal included) removes the
+    temporary directory, also when the final commit itself fails. Temporaries of ``path`` left by
+    a killed earlier run are removed first. An existing database at ``path`` is replaced once the
+    new one is complete. Write failures (a full disk, ...) are one-line ScratchDetErrors.
+    Pages are zero-filled (``meminit``) as Caffe's writer leaves them, so one input gives the same
+    bytes on every run.
     """
 
     def __init__(self, path, map_size: int = INITIAL_MAP_SIZE, commit_every: int = COMMIT_EVERY):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         if self.path.exists() and not self.path.is_dir():
             raise ScratchDetError(f"{self.path}: exists and is not a directory")
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        remove_stale_temps(self.path)
+        self.env = None
+        self.tmp = temp_dir(self.path)
         self.map_size = int(map_size)
         self.commit_every = commit_every
-        self.env = lmdb.open(str(self.tmp), map_size=self.map_size, subdir=True, meminit=False)
+        try:
+            self.env = lmdb.open(str(self.tmp), map_size=self.map_size, subdir=True, meminit=True)
+        except lmdb.Error as exc:
+            self.abort()
+            raise write_error(exc, self.tmp, "cannot create LMDB") from None
         self.pending: list[tuple[bytes, bytes]] = []
         self.count = 0
         self.grown = 0
@@ -71,27 +81,44 @@ class LMDBWriter:
                 # The aborted transaction wrote nothing; grow and replay it.
                 self.map_size *= 2
                 self.grown += 1
-                self.env.set_mapsize(self.map_size)
+                try:
+                    self.env.set_mapsize(self.map_size)
+                except lmdb.Error as exc:
+                    raise write_error(exc, self.path) from None
+            except (lmdb.Error, OSError) as exc:
+                raise write_error(exc, self.path) from None
         self.pending.clear()
 
     def close(self) -> None:
         """Commit the rest and move the finished database to its final path."""
         self._commit()
-        self.env.close()
-        self.env = None
-        make_public(self.tmp)
-        if self.path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old", dir=self.path.parent))
-            os.replace(self.path, old / "db")
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        if self.env is not None:
+        try:
+            self.env.sync(True)
             self.env.close()
             self.env = None
+            make_public(self.tmp)
+            if self.path.exists():
+                old = temp_dir(self.path, ".old")
+                os.replace(self.path, old / "db")
+                try:
+                    os.replace(self.tmp, self.path)
+                except BaseException:       # the old database goes back where it was
+                    os.replace(old / "db", self.path)
+                    shutil.rmtree(old, ignore_errors=True)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.path)
+        except (lmdb.Error, OSError) as exc:
+            raise write_error(exc, self.path) from None
+
+    def abort(self) -> None:
+        env, self.env = self.env, None
+        if env is not None:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001 - a failing close must not keep the temporary alive
+                pass
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self):
@@ -99,10 +126,65 @@ class LMDBWriter:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
         return False
+
+
+# -- the data file's header ------------------------------------------------------------------------
+# An LMDB data file starts with two meta pages (LMDB's file format, 64-bit build): a 16-byte page
+# header, then magic, version, fixed address, map size, the free and main DB records (48 bytes
+# each; the free DB's first field holds the page size) and the last used page number and
+# transaction id. The newer of the two metas is the database. Mapping a file shorter than its last
+# page and reading past the end kills the process with SIGBUS, so readers check first.
+LMDB_MAGIC = 0xBEEFC0DE
+_PAGE_HEADER = 16
+_META = struct.Struct("<IIQQ")        # magic, version, address, map size
+_DB = struct.Struct("<IHHQQQQQ")      # pad (page size in the free DB), flags, depth, branch, leaf, overflow, entries, root
+_TAIL = struct.Struct("<QQ")          # last page, txn id
+
+
+def _read_meta(fh, offset: int):
+    fh.seek(offset + _PAGE_HEADER)
+    raw = fh.read(_META.size + 2 * _DB.size + _TAIL.size)
+    if len(raw) < _META.size + 2 * _DB.size + _TAIL.size:
+        return None
+    magic, version, _addr, _mapsize = _META.unpack_from(raw, 0)
+    if magic != LMDB_MAGIC:
+        return None
+    page_size = _DB.unpack_from(raw, _META.size)[0]
+    last_page, txnid = _TAIL.unpack_from(raw, _META.size + 2 * _DB.size)
+    return page_size, last_page, txnid
+
+
+def validate_data_file(data_file) -> None:
+    """Raise a one-line ScratchDetError if ``data_file`` is not a whole LMDB data file: not LMDB, or
+    shorter than the last page its header names (an interrupted copy or a full disk)."""
+    data_file = Path(data_file)
+    try:
+        size = data_file.stat().st_size
+        with open(data_file, "rb") as fh:
+            first = _read_meta(fh, 0)
+            second = _read_meta(fh, first[0]) if first and 512 <= first[0] <= 1 << 20 else None
+    except OSError as exc:
+        raise ScratchDetError(f"{data_file}: cannot read ({exc.strerror})") from None
+    metas = [m for m in (first, second) if m is not None]
+    if not metas:
+        what = "empty file" if size == 0 else "no LMDB header (bad magic number)"
+        raise ScratchDetError(f"{data_file}: not an LMDB data file ({what})")
+    page_size, last_page, _ = max(metas, key=lambda m: m[2])
+    if not 512 <= page_size <= 1 << 20 or page_size & (page_size - 1):
+        raise ScratchDetError(f"{data_file}: corrupt LMDB header (page size {page_size})")
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        raise ScratchDetError(f"{data_file}: truncated LMDB: the file holds {size} bytes but its header "
+                              f"names page {last_page} ({needed} bytes); an interrupted copy or a full disk? "
+                              "Copy or rebuild the database")
 
 
 def parse_record(value: bytes, source: str = "record") -> pb.AnnotatedDatum:
@@ -142,6 +224,7 @@ def _acquire_env(path: Path):
     slot = (st.st_dev, st.st_ino)
     entry = _SHARED_ENVS.get(slot)
     if entry is None:
+        validate_data_file(path / "data.mdb")
         try:
             env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
                             max_readers=512, subdir=True)
@@ -267,11 +350,12 @@ class Box(NamedTuple):
 
 def decode_image(datum) -> np.ndarray:
     """HxWx3 uint8 BGR from a ``Datum`` or ``AnnotatedDatum`` (encoded or raw CHW), as the data
-    layer decodes with force_color."""
+    layer decodes with force_color: the stored pixels, an EXIF orientation tag ignored as the
+    fork's ``imdecode`` ignores it (its boxes are in stored pixels)."""
     if isinstance(datum, pb.AnnotatedDatum):
         datum = datum.datum
     if datum.encoded:
-        image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if image is None:
             raise ScratchDetError("datum: encoded image cannot be decoded (corrupt data)")
         return image

@@ -79,6 +79,8 @@ def build_datum(image, anno: RawAnnotation | None, name_to_label: dict[str, int]
     datum.label = -1
     datum.encoded = True
     record.type = pb.AnnotatedDatum.BBOX
+    if image.note:
+        issues.append(Issue("EXIF orientation", image.note))
     if image.reencoded:
         issues.append(Issue("re-encoded image", f"{anno.source if anno else 'image'}: {image.reencoded}; stored as a 3-channel JPEG"))
     if anno is None:

@@ -24,10 +24,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-import multiprocessing
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -38,7 +36,8 @@ from tqdm import tqdm
 
 from ..errors import ScratchDetError
 from . import labelmap as lm
-from .files import make_public
+from .files import make_dirs, make_public, remove_stale_temps, temp_dir
+from .parallel import ordered_map
 
 FOLDER = "SYNTH"
 GENERATOR_VERSION = 1
@@ -233,13 +232,14 @@ def generate(out, images: int = 600, seed: int = 0, quiet: bool = False, jobs: i
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "params.json").is_file())):
         raise ScratchDetError(f"{out}: exists and is not a synthetic data folder (no params.json); refusing to overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    make_dirs(out.parent)
+    remove_stale_temps(out)
+    tmp = temp_dir(out)
     try:
         stats = _generate_into(tmp, images, seed, quiet, jobs)
         make_public(tmp)
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            old = temp_dir(out, ".old")
             os.replace(out, old / "set")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -263,9 +263,8 @@ def _rendered(seed: int, n_images: int, jobs: int):
         for index in range(n_images):
             yield render_files(seed, index)
         return
-    ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else multiprocessing.get_context()
-    with ctx.Pool(jobs) as pool:
-        yield from pool.imap(functools.partial(render_files, seed), range(n_images), chunksize=8)
+    yield from ordered_map(functools.partial(render_files, seed), range(n_images), jobs,
+                           describe=lambda chunk: f"synthetic images {chunk[0]}..{chunk[-1]}")
 
 
 def _generate_into(root: Path, n_images: int, seed: int, quiet: bool, jobs: int = 1) -> dict:

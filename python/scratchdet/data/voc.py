@@ -14,6 +14,7 @@ order and ``VOC2012_test_lmdb`` holds them with no annotation groups; its name-s
 """
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -47,8 +48,8 @@ def parse_xml(path) -> RawAnnotation:
     if root.tag != "annotation":
         raise BadRecord("bad annotation", f"{path}: root element is <{root.tag}>, expected <annotation>")
     size = root.find("size")
-    width = _number(size.findtext("width"), path, "size/width") if size is not None else None
-    height = _number(size.findtext("height"), path, "size/height") if size is not None else None
+    width = _size(size, "width", path)
+    height = _size(size, "height", path)
     objects = []
     for i, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
@@ -65,7 +66,7 @@ def parse_xml(path) -> RawAnnotation:
                 raise BadRecord("bad annotation", f"{path}: object {i} ({name}) has no bndbox/{tag}")
             coords.append(np.float32(v))
         objects.append(RawObject(name, *coords, difficult))
-    return RawAnnotation(str(path), _as_int(width), _as_int(height), objects)
+    return RawAnnotation(str(path), width, height, objects)
 
 
 def _number(text, path, what):
@@ -80,8 +81,21 @@ def _number(text, path, what):
             raise BadRecord("bad annotation", f"{path}: {what} is not a number ({text.strip()!r})") from None
 
 
-def _as_int(v):
-    return None if v is None else int(v)
+def _size(size, tag, path):
+    """``<size><width>`` / ``<height>`` as an int; None when absent. ``1e999``, ``nan`` or a size
+    beyond any image (int() of them raises) make the record bad, not the conversion."""
+    if size is None:
+        return None
+    v = _number(size.findtext(tag), path, f"size/{tag}")
+    if v is None:
+        return None
+    try:
+        usable = math.isfinite(float(v)) and abs(v) < 1 << 31
+    except OverflowError:        # an integer literal beyond any float
+        usable = False
+    if not usable:
+        raise BadRecord("bad annotation", f"{path}: size/{tag} is not a usable image size ({size.findtext(tag).strip()!r})")
+    return int(v)
 
 
 def image_set_path(devkit, year: str, image_set: str, folder: str | None = None) -> Path:

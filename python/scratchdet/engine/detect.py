@@ -248,6 +248,7 @@ def main(args) -> int:
     from .net import Net
     from .timing import device_of
 
+    out_dir = io.make_dirs(args.out, "--out folder")     # before minutes of loading: fail fast
     model = Path(args.model)
     net = Net(io.read_net(model), TEST, source=str(model), seed=0)
     load_caffemodel(net, args.weights)
@@ -261,8 +262,6 @@ def main(args) -> int:
     if labelmap:
         if args.labelmap or Path(labelmap).is_file():
             names = label_names(labelmap)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for path in args.images:
         image = read_image(path)
         rows = detect(net, image, transform)

@@ -192,6 +192,31 @@ def output_line(phase: str, k: int, name: str, value: float, loss_weight: float 
 
 
 @torch.no_grad()
+def _check_name_sizes(net, images: int) -> None:
+    """A name_size_file gives image ``k`` of a pass its size (DetectionEvaluate) or name
+    (save_output_param): one shorter than the pass would silently wrap around to its first line
+    and score or name later images with earlier images' sizes. Each pass starts at line 1, as it
+    starts at the first record."""
+    from .layers.ssd import DetectionEvaluate
+    for layer in net.layers:
+        if isinstance(layer, DetectionEvaluate) and layer.sizes:
+            layer.count = 0
+            if len(layer.sizes) < images:
+                path = layer.lp.detection_evaluate_param.name_size_file
+                raise ScratchDetError(f"layer {layer.lp.name!r}: name_size_file {path} has {len(layer.sizes)} images "
+                                      f"but a test pass scores {images} (test iterations x batch size); "
+                                      "rebuild it with the test LMDB (scratchdet data ... writes both)")
+    for layer in detection_output_layers(net):
+        sp = layer.lp.detection_output_param.save_output_param
+        if sp.output_directory and sp.label_map_file and sp.name_size_file and not sp.HasField("num_test_image"):
+            from .layers.detection_save import read_name_size
+            names = read_name_size(sp.name_size_file, f"layer {layer.lp.name!r}")
+            if len(names) < images:
+                raise ScratchDetError(f"layer {layer.lp.name!r}: save_output_param.name_size_file {sp.name_size_file} "
+                                      f"has {len(names)} images but a test pass writes {images} (test iterations "
+                                      "x batch size); rebuild it with the test LMDB")
+
+
 def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str = "11point",
              log=None, show_per_class: bool = False, compute_loss: bool = False,
              progress: bool = False) -> dict[str, float]:
@@ -201,6 +226,7 @@ def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str
     also logs ``Test loss`` (``compute_loss``) and the ``Test net output`` lines as the solver does."""
     for layer in data_layers(net):
         layer.seek(0)
+    _check_name_sizes(net, iterations * images_per_forward(net))
     saving = [layer for layer in detection_output_layers(net) if layer.enable_saving()]
     outputs = list(net.output_names)
     collected: dict[str, list] = {name: [] for name in outputs}

@@ -97,6 +97,13 @@ class BatchSource(torch.utils.data.Dataset):
             out, _ = self.augmenter.transform(Sample.make(image), rng)
             return out, int(record.datum.label)
         labels, boxes, difficult, ids = annotations(record)
+        if not np.isfinite(boxes).all():
+            # NaN/inf corners pass every comparison unnoticed and surface as a loss without a
+            # gradient many layers later: name the record instead
+            k = int(np.flatnonzero(~np.isfinite(boxes).all(axis=1))[0])
+            raise ScratchDetError(f"{self.db.path}: record {index} ({self.db.key(index)}): box {k} of label "
+                                  f"{int(labels[k])} has non-finite coordinates {tuple(float(v) for v in boxes[k])}; "
+                                  "fix or drop the record (scratchdet data check lists them)")
         out, kept = self.augmenter(Sample.make(image, labels, boxes, difficult, ids), rng,
                                    jpeg_roundtrip=self.jpeg_roundtrip and record.datum.encoded)
         if self.out_hw is not None and out.shape[1:] != tuple(self.out_hw):
@@ -123,6 +130,7 @@ def _worker_init(_worker_id: int) -> None:
     # Ctrl-C reaches the whole process group: the trainer snapshots and stops, and needs its
     # workers alive for the rest of the iteration; they end with the loader.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)    # not the CLI's handler: a worker just ends
     # each worker works on whole batches: keep torch single-threaded in it. (Not cv2.setNumThreads:
     # reconfiguring the OpenCV thread pool inherited through fork() can hang the worker.)
     torch.set_num_threads(1)
