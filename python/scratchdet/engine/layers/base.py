@@ -52,6 +52,16 @@ class Layer(nn.Module):
         self._blob_learnable.append(learnable)
         return getattr(self, name)
 
+    def _apply(self, fn, *args, **kwargs):
+        # ``.to(device)`` / ``.double()`` replace buffer objects; attributes that name a buffer
+        # (BatchNorm's ``mean_sum`` ...) must follow, or the layer would update a stale CPU copy
+        before = {id(t): key for key, t in self._buffers.items() if t is not None}
+        out = super()._apply(fn, *args, **kwargs)
+        for attr, value in list(self.__dict__.items()):
+            if isinstance(value, torch.Tensor) and id(value) in before:
+                self.__dict__[attr] = self._buffers[before[id(value)]]
+        return out
+
     def blobs(self) -> list[torch.Tensor]:
         return [getattr(self, n) for n in self._blob_names]
 
