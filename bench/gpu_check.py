@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from scratchdet.caffe.netstate import TEST, TRAIN, filter_net
 from scratchdet.caffe.schema import pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import make_lmdb  # noqa: E402  (the same synthetic LMDB as the CPU bench)
+from bench_train import feed_from_memory, make_lmdb  # noqa: E402  (shared with the CPU bench)
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = dict(model="models/VOC0712/voc07_rootres34", batch=32, warmup=2, iters=10, images=96,
@@ -112,14 +111,6 @@ def data_layer(cfg, db, workers: int):
     layer = AnnotatedDataLayer(lp, TRAIN, [], [(cfg["batch"], 3, h, w), (1, 1, 1, 8)])
     layer.configure(seed=0, workers=workers)
     return layer
-
-
-def feed_from_memory(trainer, batches) -> None:
-    """The train net's data layer hands out ``batches`` in turn instead of reading the LMDB."""
-    from scratchdet.engine.train import data_layers
-    for layer in data_layers(trainer.net):
-        cycle = itertools.cycle(batches)
-        layer.forward = lambda *bottoms, _c=cycle: next(_c)
 
 
 def timed_solve(trainer, warmup: int, iters: int, device) -> tuple[float, list[float]]:
