@@ -44,7 +44,7 @@ gen: setup
 	$(SCRATCHDET) gen --all --out models
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 demo: setup
 	$(SCRATCHDET) run demo

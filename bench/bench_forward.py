@@ -1,11 +1,13 @@
-"""Forward time per image (batch 1) of a deploy net on this machine: our engine vs OpenCV dnn on the
-same prototxt and caffemodel, and our interpreter vs the same layer modules called directly.
+"""Forward time per image (batch 1 and 8) of a deploy net on this machine: our engine vs OpenCV dnn on
+the same prototxt and caffemodel, and our interpreter vs the same layer modules called directly.
 
     .venv/bin/python bench/bench_forward.py [--model models/VOC0712/voc07_rootres34/deploy.prototxt]
-        [--iterations 5] [--threads N] [--gpu cpu|0]
+        [--iterations 5] [--batches 1,8] [--threads N] [--gpu cpu|0]
 
-Weights are random (the prototxt's fillers, seed 0), written with our caffemodel writer so both
-engines read the same file. Prints a table; asserts nothing.
+Weights are random (the prototxt's fillers, seed 0) with BatchNorm statistics calibrated on random
+input (finite, so neither engine runs on inf/NaN), written with our caffemodel writer so both
+engines read the same file. The engines run interleaved; the table gives medians and the number of
+detections each kept. Prints a table; asserts nothing.
 """
 from __future__ import annotations
 
@@ -66,10 +68,26 @@ def run_direct(plan, size, feed: dict[int, torch.Tensor]):
     return values
 
 
+def calibrate_batchnorm(net, x: torch.Tensor) -> None:
+    """Finite BatchNorm statistics: each BatchNorm layer stores the mean and variance its input has
+    on ``x`` (one TRAIN-mode pass from empty sums gives exactly those, with factor 1). Random
+    weights with zero statistics (factor 0) would make both engines run on inf/NaN."""
+    bns = [layer for layer in net.layers if layer.lp.type == "BatchNorm"]
+    for layer in bns:
+        layer.use_global_stats = False
+    with torch.no_grad():
+        net.forward({next(lp.top[0] for lp in net.param.layer if lp.type == "Input"): x})
+    for layer in bns:
+        layer.use_global_stats = True
+        if not (torch.isfinite(layer.mean_sum).all() and torch.isfinite(layer.var_sum).all()):
+            raise SystemExit(f"layer {layer.name}: calibration gave non-finite statistics")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--batches", default="1,8", help="batch sizes to time")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--gpu", default="cpu", help="device for our engine ('cpu' or an id); OpenCV runs on the CPU")
     args = parser.parse_args()
@@ -92,49 +110,76 @@ def main() -> int:
     device = device_of(args.gpu)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    net = Net(io.read_net(model), TEST, source=str(model), seed=0).to(device)
+    net = Net(io.read_net(model), TEST, source=str(model), seed=0)
     data_layer = next(layer for layer in net.layers if layer.lp.type == "Input")
-    shape = (1,) + tuple(data_layer.shapes[0][1:])
-    x = np.random.default_rng(0).uniform(-128, 128, shape).astype(np.float32)
-    xt = torch.from_numpy(x).to(device)
+    chw = tuple(data_layer.shapes[0][1:])
+    rng = np.random.default_rng(0)
+    calibrate_batchnorm(net, torch.from_numpy(rng.uniform(-128, 128, (4,) + chw).astype(np.float32)))
+    net.to(device)
     name = data_layer.lp.top[0]
     plan, size = direct_plan(net)
     slot = next(tops[0] for layer, _, tops in plan if layer is data_layer)
-    feed = {slot: xt}
+    out_name = net.output_names[0]
 
-    rows = []
-    with torch.no_grad():
-        ours = timed(lambda: net.forward({name: xt}), args.iterations, sync)
-        direct = timed(lambda: run_direct(plan, size, feed), args.iterations, sync)
-    rows.append(("scratchdet Net.forward", ours))
-    rows.append(("same layers, direct calls", direct))
-
-    cv_time = None
+    cv = None
+    tmp = tempfile.TemporaryDirectory()
     if hasattr(cv2.dnn, "readNetFromCaffe"):
-        with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(tmp) / "random.caffemodel"
-            save_caffemodel(net, weights)
-            try:
-                cv = cv2.dnn.readNetFromCaffe(str(model), str(weights))
-                cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-                cv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        weights = Path(tmp.name) / "random.caffemodel"
+        save_caffemodel(net, weights)
+        try:
+            cv = cv2.dnn.readNetFromCaffe(str(model), str(weights))
+            cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+            cv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        except cv2.error as exc:
+            print(f"OpenCV could not read the net: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+            cv = None
 
-                def cv_forward():
-                    cv.setInput(x)
-                    cv.forward()
-                cv_time = timed(cv_forward, args.iterations)
-                rows.append((f"OpenCV dnn {cv2.__version__} (CPU)", cv_time))
-            except cv2.error as exc:
-                print(f"OpenCV could not run the net: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+    print(f"model {model}  input {'x'.join(map(str, chw))}  device {device}  threads {args.threads}  "
+          f"median of {args.iterations} interleaved runs after a warm-up; BatchNorm statistics calibrated")
+    print(f"{'batch':>5} {'engine':<34} {'ms/image':>10} {'images/s':>10} {'detections':>10}")
+    for batch in (int(b) for b in args.batches.split(",") if b.strip()):
+        x = rng.uniform(-128, 128, (batch,) + chw).astype(np.float32)
+        xt = torch.from_numpy(x).to(device)
+        feed = {slot: xt}
+        results: dict[str, list[float]] = {"ours": [], "direct": [], "cv": []}
+        counts: dict[str, int] = {}
 
-    print(f"model {model}  input {'x'.join(map(str, shape))}  device {device}  threads {args.threads}  "
-          f"median of {args.iterations}")
-    print(f"{'engine':<34} {'ms/image':>10} {'images/s':>10}")
-    for label, seconds in rows:
-        print(f"{label:<34} {seconds * 1000:>10.1f} {1 / seconds:>10.2f}")
-    if cv_time:
-        print(f"ratio ours / OpenCV: {ours / cv_time:.2f}")
-    print(f"interpreter overhead (Net.forward vs direct calls): {(ours - direct) / direct * 100:+.1f}%")
+        def ours():
+            with torch.no_grad():
+                out = net.forward({name: xt})[out_name]
+            counts["ours"] = int((out.reshape(-1, 7)[:, 1] >= 0).sum())
+
+        def direct():
+            with torch.no_grad():
+                run_direct(plan, size, feed)
+
+        def cv_forward():
+            cv.setInput(x)
+            out = cv.forward()
+            counts["cv"] = int((out.reshape(-1, 7)[:, 1] >= 0).sum())
+
+        engines = [("ours", ours), ("direct", direct)] + ([("cv", cv_forward)] if cv is not None else [])
+        for _, fn in engines:          # warm-up
+            fn()
+            sync()
+        for _ in range(args.iterations):   # interleaved: machine load hits every engine alike
+            for key, fn in engines:
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                results[key].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) / batch for k, v in results.items() if v}
+        labels = {"ours": "scratchdet Net.forward", "direct": "same layers, direct calls",
+                  "cv": f"OpenCV dnn {cv2.__version__} (CPU)"}
+        for key in med:
+            det = counts.get(key)
+            print(f"{batch:>5} {labels[key]:<34} {med[key] * 1000:>10.1f} {1 / med[key]:>10.2f} "
+                  f"{'' if det is None else det:>10}")
+        if "cv" in med:
+            print(f"{batch:>5} ratio ours / OpenCV: {med['ours'] / med['cv']:.2f}")
+        print(f"{batch:>5} interpreter overhead (Net.forward vs direct calls): "
+              f"{(med['ours'] - med['direct']) / med['direct'] * 100:+.1f}%")
+    tmp.cleanup()
     return 0
 
 

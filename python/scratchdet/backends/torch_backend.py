@@ -11,7 +11,8 @@ from ..errors import ScratchDetError
 
 
 def _trainer_kwargs(args) -> dict:
-    return dict(weights=args.weights, snapshot=args.snapshot, log_path=args.log, max_iter=args.max_iter,
+    from ..engine.fast import FastPath
+    return dict(fast=FastPath.parse(getattr(args, "fast", None)), weights=args.weights, snapshot=args.snapshot, log_path=args.log, max_iter=args.max_iter,
                 seed=args.seed, workers=args.workers, sigint_effect=args.sigint_effect,
                 quiet=getattr(args, "quiet", False))
 

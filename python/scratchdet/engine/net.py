@@ -27,6 +27,7 @@ from ..caffe.netstate import filter_net
 from ..caffe.schema import pb
 from ..caffe.shapes import infer
 from ..errors import ScratchDetError
+from .fast import COMPUTE_TYPES, FastPath, FastPlan
 from .layers import build_layer
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,22 @@ class Net(nn.Module):
         self.fill(seed if seed is not None else int(torch.randint(0, 2 ** 62, (1,)).item()))
         if any(lp.blobs for lp in param.layer):   # a LayerParameter carrying blobs starts from them
             self.copy_from(param, source)
+        self.fast = FastPath()
+        self._plan = None
+        self._compute = [layer.lp.type in COMPUTE_TYPES for layer in layers]
+
+    # -- opt-in faster paths (engine/fast.py); the default is the faithful one ----------------------
+    def set_fast(self, fast: FastPath) -> None:
+        """Use ``fast``'s options from now on (call after ``.to(device)``)."""
+        self.fast = fast
+        if fast.channels_last:
+            self.to(memory_format=torch.channels_last)     # 4-D weights only; Parameters stay the same objects
+        self._plan = FastPlan(self, fast.compile) if fast.compile else None
+
+    def _cast_input(self, value: torch.Tensor) -> torch.Tensor:
+        if self.fast.channels_last and value.dim() == 4:
+            return value.contiguous(memory_format=torch.channels_last)
+        return value
 
     # -- construction checks ------------------------------------------------------------------------
     @staticmethod
@@ -297,6 +314,8 @@ class Net(nn.Module):
             outs = tuple(self._tensor(inputs[t], self.device) for t in lp.top)
         else:
             outs = self.run_layer(i, [blobs[b] for b in lp.bottom])
+        if not lp.bottom and self.fast.channels_last:
+            outs = tuple(self._cast_input(o) for o in outs)
         for t, v in zip(lp.top, outs):
             blobs[t] = v
         return outs
@@ -308,7 +327,11 @@ class Net(nn.Module):
         keep = self._propagate[i]
         if keep is not None:
             bottoms = [b if k else b.detach() for b, k in zip(bottoms, keep)]
-        outs = layer(*bottoms)
+        if self.fast.amp and self._compute[i]:
+            with self.fast.autocast(bottoms[0].device):
+                outs = layer(*bottoms)
+        else:
+            outs = layer(*bottoms)
         if not isinstance(outs, tuple):
             outs = tuple(outs) if isinstance(outs, list) else (outs,)
         if not lp.bottom:
@@ -321,11 +344,14 @@ class Net(nn.Module):
     def forward(self, inputs: dict | None = None, *, per_layer: dict | None = None) -> dict:
         """Run the net; returns every blob by name (an in-place blob holds its last value).
         ``inputs`` maps blob names to values for Input/data layers; ``per_layer``, when given, is
-        filled with each layer's own outputs by layer name."""
+        filled with each layer's own outputs by layer name. With a compiled segment (``set_fast``) the
+        dict holds the net's outputs and the blobs of the layers outside the segment."""
         if inputs:
             unknown = [k for k in inputs if k not in self.blob_shapes]
             if unknown:
                 raise ScratchDetError(f"{self.source}: no blob named {unknown[0]!r} to feed")
+        if self._plan is not None and per_layer is None:
+            return self._plan.forward(self, inputs, self._cast_input)
         blobs: dict[str, torch.Tensor] = {}
         for i in range(len(self.layers)):
             outs = self.forward_layer(i, blobs, inputs)

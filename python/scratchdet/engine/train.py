@@ -30,6 +30,7 @@ from ..caffe.schema import pb
 from ..errors import ScratchDetError
 from . import glog
 from .distributed import Dist, broadcast_from_root, reduce_gradients
+from .fast import FastPath, set_tf32
 from .solver import SGD, LearningRate, check_solver
 
 EXIT_DIVERGED = 3
@@ -283,7 +284,7 @@ class Trainer:
                  log_path=None, max_iter: int | None = None, seed: int | None = None,
                  device: str = "cpu", dist: Dist | None = None, iter_size_factor: int = 1,
                  workers: int | None = None, sigint_effect: str = "snapshot", quiet: bool = False,
-                 notes: tuple[str, ...] = ()):
+                 notes: tuple[str, ...] = (), fast: FastPath | None = None):
         self.solver_path = str(solver_path)
         sp = io.read_solver(solver_path)
         if max_iter is not None:
@@ -324,8 +325,15 @@ class Trainer:
             for i, (tparam, tsource) in enumerate(test_net_params(sp)):
                 self.log.info(glog.SOLVER, f"Creating test net (#{i}) specified by {tsource}")
                 self.test_nets.append(build_net(tparam, TEST, _state(sp.test_state, i), tsource, seed))
+        self.fast = fast or FastPath()
+        if not self.fast.faithful:
+            self.log.info(glog.OURS, f"Fast path (not Caffe's arithmetic): {self.fast.describe()}")
+        if self.device.type == "cuda":
+            set_tf32(self.fast.tf32)
         for net in [self.net] + self.test_nets:
             net.to(self.device)
+            if not self.fast.faithful:
+                net.set_fast(self.fast)
             for layer in data_layers(net):
                 layer.device = self.device
                 layer.configure(seed=seed, rank=self.dist.rank, world=self.dist.world, workers=workers)
@@ -553,9 +561,10 @@ class Trainer:
             if old_handlers:
                 for sig, handler in old_handlers.items():
                     signal.signal(sig, handler)
-            for net in [self.net] + self.test_nets:
+            for net in self.test_nets:
                 for layer in data_layers(net):
                     layer.close()
+            # the train net's loader (and its worker processes) lives on for the next solve(): close() ends it
         result.snapshots = [s for s in result.snapshots if s]
         return result
 
@@ -564,6 +573,9 @@ class Trainer:
         return name if isinstance(name, str) else ""
 
     def close(self) -> None:
+        for net in [self.net] + self.test_nets:
+            for layer in data_layers(net):
+                layer.close()
         self.log.close()
 
 

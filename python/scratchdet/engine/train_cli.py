@@ -21,6 +21,9 @@ def add_arguments(p) -> None:
     p.add_argument("--sigint-effect", choices=["snapshot", "stop", "none"], default="snapshot",
                    help="what Ctrl-C does: snapshot and stop (default), stop, or nothing")
     p.add_argument("--quiet", action="store_true", help="log to the file only, not to stderr")
+    p.add_argument("--fast", default=None,
+                   help="opt-in faster paths, not Caffe's arithmetic (torch backend): comma-separated "
+                        "channels_last, amp (bfloat16 autocast), tf32, compile[=backend]")
 
 
 def main(args) -> int:

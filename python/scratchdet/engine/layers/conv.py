@@ -52,8 +52,8 @@ class _ConvBase(Layer):
 @register("Convolution")
 class Convolution(_ConvBase):
     def forward(self, *bottoms):
-        return tuple(F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
-                     for x in bottoms)
+        return tuple([F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
+                      for x in bottoms])
 
 
 @register("Deconvolution")
@@ -61,5 +61,5 @@ class Deconvolution(_ConvBase):
     transposed = True
 
     def forward(self, *bottoms):
-        return tuple(F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.pad, 0, self.group,
-                                        self.dilation) for x in bottoms)
+        return tuple([F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.pad, 0, self.group,
+                                         self.dilation) for x in bottoms])

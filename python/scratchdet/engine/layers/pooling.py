@@ -43,6 +43,9 @@ class _Geometry:
         self.extent_w = (self.ow - 1) * self.sw + self.kw
         self.h, self.w = h, w
         self._divisor: dict[torch.device, torch.Tensor] = {}
+        dh = _window_sizes(h, self.kh, self.sh, self.ph, self.oh)
+        dw = _window_sizes(w, self.kw, self.sw, self.pw, self.ow)
+        self._divisor_cpu = torch.from_numpy(np.outer(dh, dw).astype(np.float32))
         # torch's own ceil-mode pooling has the same output size, window clipping and AVE divisor
         # whenever it accepts the padding (at most half the kernel) and agrees on the size (it
         # drops a last window starting past the image even without padding; Caffe does not)
@@ -66,10 +69,7 @@ class _Geometry:
     def divisor(self, device) -> torch.Tensor:
         d = self._divisor.get(device)
         if d is None:
-            dh = _window_sizes(self.h, self.kh, self.sh, self.ph, self.oh)
-            dw = _window_sizes(self.w, self.kw, self.sw, self.pw, self.ow)
-            d = torch.from_numpy(np.outer(dh, dw).astype(np.float32)).to(device)
-            self._divisor[device] = d
+            d = self._divisor[device] = self._divisor_cpu.to(device)
         return d
 
 
@@ -91,6 +91,7 @@ class Pooling(Layer):
             if ph >= kh or pw >= kw:
                 raise self.error(f"pad ({ph}, {pw}) must be smaller than the kernel ({kh}, {kw})")
         self._geometry: dict[tuple[int, int], _Geometry] = {}
+        self.geometry(*bottom_shapes[0][2:])      # forward reads no protobuf (torch.compile traces it)
 
     def geometry(self, h: int, w: int) -> _Geometry:
         g = self._geometry.get((h, w))

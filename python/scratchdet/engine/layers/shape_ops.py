@@ -188,7 +188,7 @@ class Reshape(Layer):
         count = math.prod(shape)
         if -1 in self.dims:
             at = start + self.dims.index(-1)
-            known = math.prod(d for j, d in enumerate(out) if j != at)
+            known = math.prod([d for j, d in enumerate(out) if j != at])
             if known == 0 or count % known:
                 raise self.error(f"cannot reshape {list(shape)} to {self.dims}")
             out[at] = count // known

@@ -142,6 +142,7 @@ class MultiBoxLoss(Layer):
 
     def forward(self, loc, conf, priors, label):
         mp = self.p
+        loc, conf = loc.float(), conf.float()       # no-ops but under the opt-in mixed precision
         num = loc.shape[0]
         c = self.num_classes
         prior_boxes, variances = _split_priors(priors)
