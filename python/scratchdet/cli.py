@@ -16,7 +16,7 @@ COMMANDS = {
     "data": ("scratchdet.data.cli", "build and check SSD AnnotatedDatum LMDBs (voc, coco, synthetic, check)"),
     "train": ("scratchdet.engine.train_cli", "train from a solver.prototxt as `caffe train` does"),
     "test": ("scratchdet.engine.test_cli", "score a test net: mAP as the solver reports it"),
-    "detect": ("scratchdet.engine.detect", "draw detections of a deploy net on images"),
+    "detect": ("scratchdet.backends.detect_cli", "draw detections of a deploy net on images"),
     "export": ("scratchdet.backends.export", "a deploy net and caffemodel as ONNX or TorchScript (BatchNorm folded)"),
     "time": ("scratchdet.engine.timing", "forward/backward time per layer, as `caffe time`"),
     "eval": ("scratchdet.eval.cli", "VOC and COCO metrics from detection files"),

@@ -25,7 +25,7 @@ WRITABLE = {".png", ".jpg", ".jpeg", ".bmp"}
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="deploy.prototxt (Input + network + DetectionOutput)")
-    parser.add_argument("--weights", required=True, help=".caffemodel")
+    parser.add_argument("--weights", help=".caffemodel (required with the engine)")
     parser.add_argument("--labelmap", help="LabelMap prototxt for class names (default: the one the "
                                            "companion test.prototxt names, if any)")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score drawn (default 0.5)")
@@ -149,20 +149,37 @@ def detect(net, image: np.ndarray, transform: Transform) -> np.ndarray:
     return rows[rows[:, 1] >= 0]
 
 
-def main(args) -> int:
-    import cv2
-
+def load_net(args):
+    """The deploy net of ``args.model`` with ``args.weights``, BatchNorm/Scale folded for inference
+    unless ``args.no_fold``."""
     from .caffemodel import load_caffemodel
+    from .fold import fold
     from .net import Net
     from .timing import device_of
 
+    if not args.weights:
+        raise ScratchDetError("--weights is required (a .caffemodel for --model)")
     model = Path(args.model)
     net = Net(io.read_net(model), TEST, source=str(model), seed=0)
     load_caffemodel(net, args.weights)
-    device = device_of(args.gpu)
-    net.to(device)
+    if not getattr(args, "no_fold", False):
+        net = fold(net)
+    net.to(device_of(args.gpu))
     _output_blob(net)
-    transform = companion_transform(model)
+    return net
+
+
+def main(args) -> int:
+    net = load_net(args)
+    return run_images(args, lambda image, transform: detect(net, image, transform),
+                      companion_transform(Path(args.model)))
+
+
+def run_images(args, detect_one, transform: Transform) -> int:
+    """Detect, print and draw every image of ``args.images`` with ``detect_one(image, transform)``
+    (rows as ``detect`` returns them): the loop every backend of ``scratchdet detect`` shares."""
+    import cv2
+
     if args.mean:
         transform.mean = parse_mean(args.mean)
     labelmap = args.labelmap or transform.labelmap
@@ -176,7 +193,7 @@ def main(args) -> int:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise ScratchDetError(f"{path}: cannot read the image")
-        rows = detect(net, image, transform)
+        rows = detect_one(image, transform)
         rows = rows[rows[:, 2] >= args.threshold]
         h, w = image.shape[:2]
         for row in rows:

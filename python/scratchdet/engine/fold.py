@@ -10,9 +10,10 @@ one Scale layer with a bias. A layer is folded only when it is the sole reader o
 folds: a blob that another layer also reads keeps its unfolded value. BatchNorm in training mode
 (batch statistics) is never folded.
 
-``fold(net)`` returns a new ``Net`` with the folded layers removed; every other layer keeps its
-name, configuration and blobs, so outputs agree with the unfolded net to float32 rounding. The
-folded net is for inference: its ``to_proto`` describes the folded layers, not the original net.
+``fold(net)`` returns a new ``Net`` with the folded layers removed; every other layer is the
+unfolded net's own module (blobs and state shared), so outputs agree with the unfolded net to
+float32 rounding. The folded net is for inference: its ``to_proto`` describes the folded layers,
+not the original net.
 """
 from __future__ import annotations
 
@@ -179,13 +180,12 @@ def fold(net):
     out = Net(param, net.phase, source=net.source, seed=0)
     by_head = {g.head: g for g in groups}
     names = {layer.name: k for k, layer in enumerate(net.layers)}
-    for new in out.layers:
+    for idx, new in enumerate(out.layers):
         k = names[new.name]
         old = net.layers[k]
         g = by_head.get(k)
-        if g is None:
-            for dst, src in zip(new.blobs(), old.blobs()):
-                dst.copy_(src)
+        if g is None:           # the same module: its blobs and state (a data layer's stream) are shared
+            out.layers[idx] = old
             continue
         a, c = _affine_of(net.layers, g.affine) if g.affine else (None, None)
         if old.lp.type == "Convolution":

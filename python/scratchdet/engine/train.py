@@ -560,14 +560,26 @@ def one_pass_iterations(net) -> int:
 def score(model: str, weights: str | None, iterations: int | None = None, *, device: str = "cpu",
           eval_type: str = "detection", ap_version: str = "11point", log=None, workers: int | None = None,
           seed: int = 0, level: int = 0, stages: tuple[str, ...] = (), show_per_class: bool = False,
-          progress: bool = True) -> dict[str, float]:
+          progress: bool = True, fold: bool = True) -> dict[str, float]:
     """The TEST phase of ``model`` with ``weights`` (comma-separated caffemodels, copied by layer
-    name), scored as the solver scores it. ``iterations`` defaults to one pass over the data."""
+    name), scored as the solver scores it. ``iterations`` defaults to one pass over the data.
+    ``fold``: BatchNorm/Scale folded into the convolutions (engine.fold; same scores)."""
     from .caffemodel import load_caffemodel
+    from .fold import fold as fold_net
     from .net import Net
     net = Net(io.read_net(model), TEST, level=level, stages=stages, source=model, seed=seed)
     for path in [w for w in (weights or "").split(",") if w]:
         load_caffemodel(net, path)
+    if fold:
+        net = fold_net(net)
+    return score_net(net, iterations, device=device, eval_type=eval_type, ap_version=ap_version, log=log,
+                     workers=workers, seed=seed, show_per_class=show_per_class, progress=progress)
+
+
+def score_net(net, iterations: int | None = None, *, device: str = "cpu", eval_type: str = "detection",
+              ap_version: str = "11point", log=None, workers: int | None = None, seed: int = 0,
+              show_per_class: bool = False, progress: bool = True) -> dict[str, float]:
+    """``score`` of a test net already built (its data layers are configured here)."""
     net.to(torch.device(device))
     for layer in data_layers(net):
         layer.device = torch.device(device)
