@@ -82,6 +82,7 @@ class OnnxTestNet(Net):
                                       "exported part")
             hybrid.layer.add().CopyFrom(lp)
         super().__init__(hybrid, TEST, source=model, seed=seed)
+        self.output_names = self._outputs(param)       # the data blob is read by the stand-in, not an output
         self.runner = runner
 
     def forward(self, inputs: dict | None = None, *, per_layer: dict | None = None) -> dict:
