@@ -30,6 +30,8 @@ from scratchdet.engine.caffemodel import read_caffemodel, save_caffemodel
 from scratchdet.engine.fold import fold, plan
 from scratchdet.engine.net import Net
 
+from export_nets import conv_block, mobilenet_prototxt, picture, randomise  # noqa: E402  (tests/export_nets.py)
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
@@ -41,111 +43,6 @@ OUTPUTS = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
 
 
 # -- nets ------------------------------------------------------------------------------------------------
-
-def _conv(name, bottom, n, k=3, s=1, p=1, group=1, bias=False, bn=True, relu=True):
-    text = (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" convolution_param {{ '
-            f'num_output: {n} kernel_size: {k} stride: {s} pad: {p} group: {group} bias_term: {str(bias).lower()} '
-            f'weight_filler {{ type: "xavier" }} }} }}\n')
-    if bn:
-        text += (f'layer {{ name: "{name}/bn" type: "BatchNorm" bottom: "{name}" top: "{name}" }}\n'
-                 f'layer {{ name: "{name}/scale" type: "Scale" bottom: "{name}" top: "{name}" '
-                 f'scale_param {{ bias_term: true }} }}\n')
-    if relu:
-        text += f'layer {{ name: "{name}/relu" type: "ReLU" bottom: "{name}" top: "{name}" }}\n'
-    return text
-
-
-def mobilenet_prototxt(size=96, classes=4) -> str:
-    """A MobileNet-SSD in miniature: depthwise (group = channels) 3x3 + pointwise 1x1 blocks with
-    BatchNorm/Scale/ReLU, two detection maps with SSD heads, PriorBox, DetectionOutput."""
-    text = f'name: "mini_mobilenet_ssd"\ninput: "data"\ninput_shape {{ dim: 1 dim: 3 dim: {size} dim: {size} }}\n'
-    text += _conv("conv0", "data", 16, s=2)
-    bottom, c = "conv0", 16
-    for i, (n, s) in enumerate([(32, 2), (32, 1), (64, 2), (64, 2)], 1):
-        text += _conv(f"conv{i}/dw", bottom, c, s=s, group=c)
-        text += _conv(f"conv{i}", f"conv{i}/dw", n, k=1, p=0)
-        bottom, c = f"conv{i}", n
-    # priors per cell: 1 + aspect ratios (no flip) + 1 per max_size
-    heads = [("conv3", "min_size: 30 aspect_ratio: 2.0", 2), ("conv4", "min_size: 60 max_size: 90 aspect_ratio: 2.0 aspect_ratio: 3.0", 4)]
-    for name, sizes, priors in heads:
-        text += _conv(f"{name}_mbox_loc", name, priors * 4, bias=True, bn=False, relu=False)
-        text += _conv(f"{name}_mbox_conf", name, priors * classes, bias=True, bn=False, relu=False)
-        for kind in ("loc", "conf"):
-            text += (f'layer {{ name: "{name}_mbox_{kind}_perm" type: "Permute" bottom: "{name}_mbox_{kind}" '
-                     f'top: "{name}_mbox_{kind}_perm" permute_param {{ order: 0 order: 2 order: 3 order: 1 }} }}\n'
-                     f'layer {{ name: "{name}_mbox_{kind}_flat" type: "Flatten" bottom: "{name}_mbox_{kind}_perm" '
-                     f'top: "{name}_mbox_{kind}_flat" flatten_param {{ axis: 1 }} }}\n')
-        text += (f'layer {{ name: "{name}_mbox_priorbox" type: "PriorBox" bottom: "{name}" bottom: "data" '
-                 f'top: "{name}_mbox_priorbox" prior_box_param {{ {sizes} flip: false '
-                 f'clip: false variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 offset: 0.5 }} }}\n')
-    for kind, axis in (("loc", 1), ("conf", 1), ("priorbox", 2)):
-        bottoms = " ".join(f'bottom: "{h}_mbox_{kind}{"" if kind == "priorbox" else "_flat"}"' for h, _, _ in heads)
-        text += f'layer {{ name: "mbox_{kind}" type: "Concat" {bottoms} top: "mbox_{kind}" concat_param {{ axis: {axis} }} }}\n'
-    text += (f'layer {{ name: "mbox_conf_reshape" type: "Reshape" bottom: "mbox_conf" top: "mbox_conf_reshape" '
-             f'reshape_param {{ shape {{ dim: 0 dim: -1 dim: {classes} }} }} }}\n'
-             'layer { name: "mbox_conf_softmax" type: "Softmax" bottom: "mbox_conf_reshape" top: "mbox_conf_softmax" '
-             'softmax_param { axis: 2 } }\n'
-             'layer { name: "mbox_conf_flatten" type: "Flatten" bottom: "mbox_conf_softmax" top: "mbox_conf_flatten" '
-             'flatten_param { axis: 1 } }\n'
-             'layer { name: "detection_out" type: "DetectionOutput" bottom: "mbox_loc" bottom: "mbox_conf_flatten" '
-             f'bottom: "mbox_priorbox" top: "detection_out" detection_output_param {{ num_classes: {classes} '
-             'share_location: true background_label_id: 0 nms_param { nms_threshold: 0.45 top_k: 100 } '
-             'code_type: CENTER_SIZE keep_top_k: 50 confidence_threshold: 0.01 } }\n')
-    return text
-
-
-def randomise(net, seed=0):
-    """Random weights, Scale parameters away from (1, 0), conf heads with spread-out logits, small
-    loc heads, and
-    BatchNorm statistics from a pass over a few pictures (so activations stay in range, as in a trained
-    net), perturbed and stored with a scale factor != 1."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in net.layers:
-            blobs = layer.blobs()
-            kind = layer.lp.type
-            if kind == "Scale":
-                for b in blobs:
-                    b.copy_(torch.empty(b.shape).uniform_(0.6, 1.4, generator=g) if b is layer.scale
-                            else torch.empty(b.shape).uniform_(-0.2, 0.2, generator=g))
-            elif kind == "Convolution":
-                fan_in = blobs[0][0].numel()
-                # spread-out class scores; box regressions small enough to decode to finite boxes
-                std = (2.0 / fan_in) ** 0.5 * (3.0 if "conf" in layer.name else 0.05 if "loc" in layer.name else 1.0)
-                blobs[0].copy_(torch.empty(blobs[0].shape).normal_(0, std, generator=g))
-                if len(blobs) > 1:
-                    blobs[1].copy_(torch.empty(blobs[1].shape).uniform_(-0.1, 0.1, generator=g))
-            elif kind == "Normalize":
-                blobs[0].copy_(torch.empty(blobs[0].shape).uniform_(5, 20, generator=g))
-        bns = [layer for layer in net.layers if layer.lp.type == "BatchNorm"]
-        if not bns:
-            return
-        name, shape = E.input_blob(net)
-        # one pass with batch statistics over four pictures (1x1 maps need more than one value)
-        # sets mean_sum, var_sum and factor 1
-        x = np.concatenate([picture(shape[2], shape[3], seed=k) for k in range(4)])
-        for layer in bns:
-            layer.use_global_stats = False
-        net.forward({name: torch.from_numpy(x)})
-        for layer in bns:
-            layer.use_global_stats = True
-            c, s = layer.mean_sum.numel(), 3.0
-            layer.mean_sum.add_(torch.empty(c).uniform_(-0.1, 0.1, generator=g)).mul_(s)
-            layer.var_sum.mul_(torch.empty(c).uniform_(0.7, 1.4, generator=g)).mul_(s)
-            layer.factor.fill_(s)
-
-
-def picture(h, w, seed=0):
-    """A preprocessed input [1, 3, h, w]: shapes on a gradient, mean subtracted."""
-    import cv2
-    img = np.zeros((h, w, 3), np.uint8)
-    img[:] = np.linspace(40, 220, w, dtype=np.uint8)[None, :, None]
-    rng = np.random.default_rng(seed)
-    for _ in range(4):
-        x, y = (int(v) for v in rng.integers(0, min(h, w), 2))
-        cv2.rectangle(img, (x, y), (x + w // 4, y + h // 5), tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
-    return (img.astype(np.float32) - np.float32([104, 117, 123])).transpose(2, 0, 1)[None].copy()
-
 
 class Case:
     """A deploy prototxt (written to ``folder``, resized if asked) and a random caffemodel for it."""
@@ -254,7 +151,7 @@ def test_folded_net_computes_what_the_unfolded_net_computes(cases, name):
 
 def test_fold_against_a_functional_recomputation():
     text = ('input: "data" input_shape { dim: 2 dim: 3 dim: 9 dim: 9 }\n'
-            + _conv("c", "data", 5, k=3, s=2, p=1, bias=True)
+            + conv_block("c", "data", 5, k=3, s=2, p=1, bias=True)
             + 'layer { name: "c/leaky" type: "ReLU" bottom: "c" top: "out" relu_param { negative_slope: 0.1 } }\n')
     text = text.replace('layer { name: "c/relu" type: "ReLU" bottom: "c" top: "c" }\n', "")
     net = Net(io.parse_text(text, pb.NetParameter), TEST, seed=3)
@@ -277,7 +174,7 @@ def test_fold_against_a_functional_recomputation():
 
 def test_a_blob_read_twice_keeps_its_batchnorm_and_training_nets_fold_nothing():
     text = ('input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
-            + _conv("c", "data", 4, relu=False).replace('top: "c" }\nlayer { name: "c/scale"', 'top: "c_bn" }\nlayer { name: "c/scale"')
+            + conv_block("c", "data", 4, relu=False).replace('top: "c" }\nlayer { name: "c/scale"', 'top: "c_bn" }\nlayer { name: "c/scale"')
             .replace('bottom: "c" top: "c" scale_param', 'bottom: "c_bn" top: "c_bn" scale_param')
             + 'layer { name: "sum" type: "Eltwise" bottom: "c" bottom: "c_bn" top: "sum" }\n')
     param = io.parse_text(text, pb.NetParameter)
