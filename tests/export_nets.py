@@ -2,6 +2,8 @@
 realistic BatchNorm statistics, a test picture."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -114,3 +116,17 @@ def picture(h, w, seed=0):
         x, y = (int(v) for v in rng.integers(0, min(h, w), 2))
         cv2.rectangle(img, (x, y), (x + w // 4, y + h // 5), tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
     return (img.astype(np.float32) - np.float32([104, 117, 123])).transpose(2, 0, 1)[None].copy()
+
+
+def float64_copy(net):
+    """``net`` in float64: the reference both float32 nets are measured against."""
+    ref = copy.deepcopy(net)
+    aliases = []            # blobs are also plain attributes (layer.weight, layer.mean_sum): keep them in step
+    for layer in ref.layers:
+        for name in layer._blob_names:
+            t = getattr(layer, name)
+            aliases += [(layer, k, name) for k, v in vars(layer).items() if v is t]
+    ref.double()
+    for layer, k, name in aliases:
+        object.__setattr__(layer, k, getattr(layer, name))
+    return ref

@@ -10,7 +10,6 @@ ONNX model's outputs and detections against OpenCV dnn's Caffe importer on the s
 """
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from scratchdet.engine.caffemodel import read_caffemodel, save_caffemodel
 from scratchdet.engine.fold import fold, plan
 from scratchdet.engine.net import Net
 
-from export_nets import conv_block, mobilenet_prototxt, picture, randomise  # noqa: E402  (tests/export_nets.py)
+from export_nets import conv_block, float64_copy, mobilenet_prototxt, picture, randomise  # noqa: E402  (tests/export_nets.py)
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -115,20 +114,6 @@ def assert_same_rows(ours, theirs, tol=1e-4):
 
 
 # -- folding ---------------------------------------------------------------------------------------------
-
-def float64_copy(net):
-    """``net`` in float64: the reference both float32 nets are measured against."""
-    ref = copy.deepcopy(net)
-    aliases = []            # blobs are also plain attributes (layer.weight, layer.mean_sum): keep them in step
-    for layer in ref.layers:
-        for name in layer._blob_names:
-            t = getattr(layer, name)
-            aliases += [(layer, k, name) for k, v in vars(layer).items() if v is t]
-    ref.double()
-    for layer, k, name in aliases:
-        object.__setattr__(layer, k, getattr(layer, name))
-    return ref
-
 
 @pytest.mark.parametrize("name", NETS)
 def test_folded_net_computes_what_the_unfolded_net_computes(cases, name):

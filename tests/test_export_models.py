@@ -1,6 +1,8 @@
 """Every generated deploy net under ``models/`` exports to ONNX and onnxruntime agrees with the engine
 to 1e-4 (relative to each output's scale), at the smallest input size the net accepts from a short
 list (the paper-profile nets end in 3x3 valid convolutions down to 1x1 and need at least 257x257).
+Where the two differ by more, onnxruntime must be closer to a float64 run than the engine is (the
+difference is then the engine's own float32 rounding).
 
 The fast test takes one net per architecture family: nets whose layers have the same types and
 geometry (kernel, stride, pad, group, pooling, permute/flatten/reshape/softmax/concat/eltwise,
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from scratchdet.backends import export as E
 from scratchdet.caffe import io
@@ -20,7 +23,7 @@ from scratchdet.caffe.shapes import infer
 from scratchdet.engine.fold import fold
 from scratchdet.engine.net import Net
 
-from export_nets import picture, randomise  # noqa: E402  (tests/export_nets.py)
+from export_nets import float64_copy, picture, randomise  # noqa: E402  (tests/export_nets.py)
 
 pytest.importorskip("onnxruntime")
 
@@ -79,7 +82,18 @@ def check(path: Path):
     got = E.run_bytes(data, "onnx", x, meta["outputs"])
     assert meta["outputs"] == ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
     err = E.compare(ref, got, meta["outputs"])
-    assert err < 1e-4, f"{path.relative_to(REPO)} at {size}x{size}: {err:.2e}"
+    if err < 1e-4:
+        return
+    # Two float32 computations of a deep net can sit 1e-4 apart when each is near 1e-4 of the exact
+    # value (seen: the VGG16 nets with BatchNorm in the backbone only, 1.27e-4, the engine 8.3e-5 and
+    # onnxruntime 4.5e-5 from float64). Then onnxruntime must be no further from a float64 run of
+    # the engine than the engine's own float32 result is.
+    with torch.no_grad():
+        exact = float64_copy(net).forward({E.input_blob(net)[0]: torch.from_numpy(x).double()})
+    exact = {n: exact[n].numpy() for n in meta["outputs"]}
+    ours, theirs = E.compare(exact, ref, meta["outputs"]), E.compare(exact, got, meta["outputs"])
+    assert theirs <= ours and theirs < 1e-4, (f"{path.relative_to(REPO)} at {size}x{size}: {err:.2e} from the engine; "
+                                             f"from float64: onnxruntime {theirs:.2e}, engine {ours:.2e}")
 
 
 def test_the_generated_models_are_there():
