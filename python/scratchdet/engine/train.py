@@ -560,10 +560,11 @@ def one_pass_iterations(net) -> int:
 def score(model: str, weights: str | None, iterations: int | None = None, *, device: str = "cpu",
           eval_type: str = "detection", ap_version: str = "11point", log=None, workers: int | None = None,
           seed: int = 0, level: int = 0, stages: tuple[str, ...] = (), show_per_class: bool = False,
-          progress: bool = True, fold: bool = True) -> dict[str, float]:
+          progress: bool = True, fold: bool = False) -> dict[str, float]:
     """The TEST phase of ``model`` with ``weights`` (comma-separated caffemodels, copied by layer
     name), scored as the solver scores it. ``iterations`` defaults to one pass over the data.
-    ``fold``: BatchNorm/Scale folded into the convolutions (engine.fold; same scores)."""
+    ``fold``: BatchNorm/Scale folded into the convolutions first (engine.fold; the same scores,
+    faster; ``scratchdet test`` asks for it unless --no-fold)."""
     from .caffemodel import load_caffemodel
     from .fold import fold as fold_net
     from .net import Net
