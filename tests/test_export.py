@@ -277,6 +277,20 @@ def test_round_trip_agrees_with_opencv_on_the_caffemodel(cases, onnx_files, name
     assert_same_detections(rows, cv_rows, 1e-4)
 
 
+@pytest.mark.parametrize("name", ["demo", "mobilenet"])
+def test_opencv_runs_the_exported_onnx_file(cases, onnx_files, name):
+    """OpenCV's own ONNX importer reads the exported graph and computes the same loc and conf.
+    (It folds the constant PriorBox subgraph away at import and then cannot return
+    mbox_priorbox, so that output is not asked of it.)"""
+    cv2 = pytest.importorskip("cv2")
+    case = cases[name]
+    cv = cv2.dnn.readNetFromONNX(str(onnx_files[name]))
+    cv.setInput(case.x)
+    ref = forward(case.net, case.x)
+    for out, value in zip(OUTPUTS[:2], cv.forward(OUTPUTS[:2])):
+        assert rel_diff(ref[out], value.reshape(ref[out].shape)) < 1e-4, out
+
+
 # -- the command line: errors, detect and test with --backend onnxruntime -------------------------------
 
 def test_bad_input_is_one_line_and_writes_nothing(cases, tmp_path, capsys):
@@ -293,6 +307,12 @@ def test_bad_input_is_one_line_and_writes_nothing(cases, tmp_path, capsys):
                      "--out", str(out), "--dynamic-batch"]) == 2
     err = capsys.readouterr().err
     assert "layer 'mbox_conf_reshape' (Reshape): changes the batch axis" in err and err.count("\n") == 1
+    # the onnxruntime backend: a file that is no ONNX model, a test without --onnx
+    assert cli_main(["detect", "--backend", "onnxruntime", "--model", str(case.weights), "--out", str(tmp_path / "d"),
+                     str(case.deploy)]) == 2
+    assert cli_main(["test", "--model", str(case.deploy), "--backend", "onnxruntime"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "not an ONNX model" in err[0] and "needs --onnx" in err[1]
     assert not out.exists() and not list(tmp_path.glob(".x.onnx*"))
 
 

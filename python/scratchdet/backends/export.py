@@ -22,7 +22,6 @@ DetectionOutput parameters, the input's name and shape, the mean/scale/label map
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -505,11 +504,16 @@ class OnnxRunner:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:            # a truncated or foreign file
             raise ScratchDetError(f"{path}: not an ONNX model ({str(exc).splitlines()[0][:120]})") from None
+        if not model.graph.node:            # protobuf parses many foreign files as an empty model
+            raise ScratchDetError(f"{path}: not an ONNX model (no graph in it)")
         self.meta = read_onnx_meta(model)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ScratchDetError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from None
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.input_shape = tuple(self.meta.get("input_shape") or [d if isinstance(d, int) else 1 for d in first.shape])
