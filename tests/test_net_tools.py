@@ -159,21 +159,21 @@ def test_transform_sources_and_overrides(tmp_path):
     args = lambda **kw: argparse.Namespace(**{"mean": None, "scale": None, "swap_rb": False, "transform_from": None, **kw})
     model = tmp_path / "MobileNetSSD_deploy.prototxt"
     model.write_text(DEPLOY)
-    t, line = detect.resolve_transform(args(), model)     # no test.prototxt beside it: the defaults, said so
+    t, line = detect.resolve_transform(args(), detect.companion_transform(model))     # no test.prototxt beside it: the defaults, said so
     assert (t.mean, t.scale, t.swap_rb) == ((104.0, 117.0, 123.0), 1.0, False)
     assert "from Caffe SSD's defaults (no test.prototxt beside" in line
     spec = tmp_path / "MobileNetSSD_test.prototxt"
     spec.write_text(MOBILENET_TRAIN_TEST)
-    t, line = detect.resolve_transform(args(transform_from=str(spec)), model)   # the TEST layer's values
+    t, line = detect.resolve_transform(args(transform_from=str(spec)), detect.companion_transform(model))   # the TEST layer's values
     assert (t.mean, t.scale) == ((127.5,) * 3, pytest.approx(0.007843))
     assert line == f"transform: mean 127.5,127.5,127.5, scale 0.007843, BGR input; from {spec}"
-    t, line = detect.resolve_transform(args(scale=0.25, swap_rb=True, mean="1,2,3"), model)
+    t, line = detect.resolve_transform(args(scale=0.25, swap_rb=True, mean="1,2,3"), detect.companion_transform(model))
     assert (t.mean, t.scale, t.swap_rb) == ((1.0, 2.0, 3.0), 0.25, True)
     assert line.endswith("overridden by --mean --scale --swap-rb") and "RGB input" in line
     for bad, message in ((args(scale=0.0), "--scale must be a positive number"),
                          (args(transform_from=str(tmp_path / "nope.prototxt")), "nope.prototxt: no such file")):
         with pytest.raises(ScratchDetError, match=message):
-            detect.resolve_transform(bad, model)
+            detect.resolve_transform(bad, detect.companion_transform(model))
     # swap_rb feeds R,G,B: the mean is in that order too (as OpenCV's blobFromImage with swapRB)
     img = np.random.default_rng(1).integers(0, 256, (12, 16, 3), dtype=np.uint8)
     data = detect.preprocess(img, 6, 8, (1, 2, 3), 0.5, swap_rb=True)

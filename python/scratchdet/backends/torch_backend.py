@@ -110,7 +110,7 @@ def test(args) -> int:
     with glog.Logger(args.log, quiet=getattr(args, "quiet", False)) as log:
         out = score(args.model, args.weights, args.iterations, device=device, eval_type=args.eval_type,
                     ap_version=args.ap_version, log=log.log, workers=args.workers,
-                    show_per_class=args.per_class)
+                    show_per_class=args.per_class, fold=not getattr(args, "no_fold", False))
     for name, value in out.items():
         print(f"{name} = {glog.num(value)}")
     return 0

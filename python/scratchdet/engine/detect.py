@@ -36,7 +36,7 @@ WRITABLE = {".png", ".jpg", ".jpeg", ".bmp"}
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="deploy.prototxt (Input + network + DetectionOutput)")
-    parser.add_argument("--weights", required=True, help=".caffemodel")
+    parser.add_argument("--weights", help=".caffemodel (required with the engine)")
     parser.add_argument("--labelmap", help="LabelMap prototxt for class names (default: the one the "
                                            "companion test.prototxt names, if any)")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score drawn (default 0.5)")
@@ -105,15 +105,17 @@ def companion_transform(model: Path) -> Transform:
     return transform_of(test)
 
 
-def resolve_transform(args, model: Path) -> tuple[Transform, str]:
-    """The transform ``args`` ask for, and the one line that says where each value came from."""
+def resolve_transform(args, default: Transform) -> tuple[Transform, str]:
+    """The transform ``args`` ask for (``--transform-from``, else ``default``: the companion
+    test.prototxt's, or what an exported model carries), and the one line that says where each value
+    came from."""
     if getattr(args, "transform_from", None):
         src = Path(args.transform_from)
         if not src.is_file():
             raise ScratchDetError(f"--transform-from {src}: no such file")
         transform = transform_of(src)
     else:
-        transform = companion_transform(model)
+        transform = default
     given = []
     if args.mean:
         transform.mean = parse_mean(args.mean)
@@ -241,21 +243,41 @@ def read_image(path) -> np.ndarray:
     return image
 
 
-def main(args) -> int:
-    import cv2
-
+def load_net(args):
+    """The deploy net of ``args.model`` with ``args.weights``, BatchNorm/Scale folded for inference
+    unless ``args.no_fold``."""
     from .caffemodel import load_caffemodel
+    from .fold import fold
     from .net import Net
     from .timing import device_of
 
-    out_dir = io.make_dirs(args.out, "--out folder")     # before minutes of loading: fail fast
+    if not args.weights:
+        raise ScratchDetError("--weights is required (a .caffemodel for --model)")
     model = Path(args.model)
     net = Net(io.read_net(model), TEST, source=str(model), seed=0)
     load_caffemodel(net, args.weights)
-    device = device_of(args.gpu)
-    net.to(device)
+    if not getattr(args, "no_fold", False):
+        net = fold(net)
+    net.to(device_of(args.gpu))
     _output_blob(net)
-    transform, where = resolve_transform(args, model)
+    return net
+
+
+def main(args) -> int:
+    io.make_dirs(args.out, "--out folder")     # before minutes of loading: fail fast
+    net = load_net(args)
+    return run_images(args, lambda image, transform: detect(net, image, transform),
+                      companion_transform(Path(args.model)))
+
+
+def run_images(args, detect_one, default: Transform) -> int:
+    """Detect, print and draw every image of ``args.images`` with ``detect_one(image, transform)``
+    (rows as ``detect`` returns them), the transform resolved from ``default`` and the flags: the
+    loop every backend of ``scratchdet detect`` shares."""
+    import cv2
+
+    out_dir = io.make_dirs(args.out, "--out folder")
+    transform, where = resolve_transform(args, default)
     print(f"scratchdet detect: {where}", file=sys.stderr)
     labelmap = args.labelmap or transform.labelmap
     names = {}
@@ -264,7 +286,7 @@ def main(args) -> int:
             names = label_names(labelmap)
     for path in args.images:
         image = read_image(path)
-        rows = detect(net, image, transform)
+        rows = detect_one(image, transform)
         rows = rows[rows[:, 2] >= args.threshold]
         h, w = image.shape[:2]
         for row in rows:

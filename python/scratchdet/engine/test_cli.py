@@ -5,7 +5,8 @@ from __future__ import annotations
 
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="test.prototxt (with its AnnotatedData and DetectionEvaluate layers)")
-    p.add_argument("--weights", required=True, help="caffemodel(s), comma-separated; copied by layer name")
+    p.add_argument("--weights", help="caffemodel(s), comma-separated; copied by layer name (required "
+                                      "unless --backend onnxruntime)")
     p.add_argument("--iterations", type=int, default=None,
                    help="forward passes (default: one pass over the test LMDB)")
     p.add_argument("--gpu", default=None, help="a device id or cpu (default: GPU 0 if present)")
@@ -13,7 +14,10 @@ def add_arguments(p) -> None:
                    help="AP as the solver's ap_version (default 11point, VOC2007)")
     p.add_argument("--eval-type", default="detection", choices=["detection", "classification"])
     p.add_argument("--per-class", action="store_true", help="also log the AP of every class")
-    p.add_argument("--backend", choices=["torch", "caffe"], default="torch")
+    p.add_argument("--backend", choices=["torch", "caffe", "onnxruntime"], default="torch",
+                   help="onnxruntime: the layers up to DetectionOutput from an exported --onnx model")
+    p.add_argument("--onnx", default=None, help="onnxruntime backend: the .onnx file of `scratchdet export`")
+    p.add_argument("--no-fold", action="store_true", help="torch backend: keep BatchNorm/Scale unfolded")
     p.add_argument("--train-model", default=None,
                    help="caffe backend only: the train net Caffe's solver needs (default: train.prototxt beside --model)")
     p.add_argument("--log", default=None, help="also append the log lines to this file")
@@ -23,4 +27,9 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from ..backends import get
+    from ..errors import ScratchDetError
+    if args.backend == "onnxruntime" and not args.onnx:
+        raise ScratchDetError("--backend onnxruntime needs --onnx F.onnx (from scratchdet export)")
+    if args.backend != "onnxruntime" and not args.weights:
+        raise ScratchDetError("--weights is required")
     return get(args.backend).test(args)

@@ -192,12 +192,22 @@ def output_line(phase: str, k: int, name: str, value: float, loss_weight: float 
     return f"    {phase} net output #{k}: {name} = {glog.num(value)}{extra}"
 
 
+def distinct_test_images(net, iterations: int) -> int:
+    """How many different records a test pass of ``iterations`` reads: its images, or the whole
+    database when the pass is longer and wraps around to the first record (as Caffe's cursor does)."""
+    images = iterations * images_per_forward(net)
+    layers = data_layers(net)
+    db = getattr(layers[0], "db", None) if layers else None
+    return min(images, len(db)) if db is not None else images
+
+
 @torch.no_grad()
 def _check_name_sizes(net, images: int) -> None:
     """A name_size_file gives image ``k`` of a pass its size (DetectionEvaluate) or name
     (save_output_param): one shorter than the pass would silently wrap around to its first line
     and score or name later images with earlier images' sizes. Each pass starts at line 1, as it
-    starts at the first record."""
+    starts at the first record. ``images``: the distinct records a pass reads (a pass longer than its
+    database wraps both together)."""
     from .layers.ssd import DetectionEvaluate
     for layer in net.layers:
         if isinstance(layer, DetectionEvaluate) and layer.sizes:
@@ -205,7 +215,7 @@ def _check_name_sizes(net, images: int) -> None:
             if len(layer.sizes) < images:
                 path = layer.lp.detection_evaluate_param.name_size_file
                 raise ScratchDetError(f"layer {layer.lp.name!r}: name_size_file {path} has {len(layer.sizes)} images "
-                                      f"but a test pass scores {images} (test iterations x batch size); "
+                                      f"but a test pass scores {images} different images; "
                                       "rebuild it with the test LMDB (scratchdet data ... writes both)")
     for layer in detection_output_layers(net):
         sp = layer.lp.detection_output_param.save_output_param
@@ -214,8 +224,8 @@ def _check_name_sizes(net, images: int) -> None:
             names = read_name_size(sp.name_size_file, f"layer {layer.lp.name!r}")
             if len(names) < images:
                 raise ScratchDetError(f"layer {layer.lp.name!r}: save_output_param.name_size_file {sp.name_size_file} "
-                                      f"has {len(names)} images but a test pass writes {images} (test iterations "
-                                      "x batch size); rebuild it with the test LMDB")
+                                      f"has {len(names)} images but a test pass writes {images} different images; "
+                                      "rebuild it with the test LMDB")
 
 
 def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str = "11point",
@@ -227,7 +237,7 @@ def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str
     also logs ``Test loss`` (``compute_loss``) and the ``Test net output`` lines as the solver does."""
     for layer in data_layers(net):
         layer.seek(0)
-    _check_name_sizes(net, iterations * images_per_forward(net))
+    _check_name_sizes(net, distinct_test_images(net, iterations))
     saving = [layer for layer in detection_output_layers(net) if layer.enable_saving()]
     outputs = list(net.output_names)
     collected: dict[str, list] = {name: [] for name in outputs}
@@ -598,14 +608,27 @@ def one_pass_iterations(net) -> int:
 def score(model: str, weights: str | None, iterations: int | None = None, *, device: str = "cpu",
           eval_type: str = "detection", ap_version: str = "11point", log=None, workers: int | None = None,
           seed: int = 0, level: int = 0, stages: tuple[str, ...] = (), show_per_class: bool = False,
-          progress: bool = True) -> dict[str, float]:
+          progress: bool = True, fold: bool = False) -> dict[str, float]:
     """The TEST phase of ``model`` with ``weights`` (comma-separated caffemodels, copied by layer
-    name), scored as the solver scores it. ``iterations`` defaults to one pass over the data."""
+    name), scored as the solver scores it. ``iterations`` defaults to one pass over the data.
+    ``fold``: BatchNorm/Scale folded into the convolutions first (engine.fold; the same scores,
+    faster; ``scratchdet test`` asks for it unless --no-fold)."""
     from .caffemodel import load_caffemodel
+    from .fold import fold as fold_net
     from .net import Net
     net = Net(io.read_net(model), TEST, level=level, stages=stages, source=model, seed=seed)
     for path in [w for w in (weights or "").split(",") if w]:
         load_caffemodel(net, path)
+    if fold:
+        net = fold_net(net)
+    return score_net(net, iterations, device=device, eval_type=eval_type, ap_version=ap_version, log=log,
+                     workers=workers, seed=seed, show_per_class=show_per_class, progress=progress)
+
+
+def score_net(net, iterations: int | None = None, *, device: str = "cpu", eval_type: str = "detection",
+              ap_version: str = "11point", log=None, workers: int | None = None, seed: int = 0,
+              show_per_class: bool = False, progress: bool = True) -> dict[str, float]:
+    """``score`` of a test net already built (its data layers are configured here)."""
     net.to(torch.device(device))
     for layer in data_layers(net):
         layer.device = torch.device(device)

@@ -51,9 +51,17 @@ class _ConvBase(Layer):
 
 @register("Convolution")
 class Convolution(_ConvBase):
+    #: negative slope of a ReLU that ``engine.fold`` merged into this layer (None: no ReLU)
+    fused_relu: float | None = None
+
     def forward(self, *bottoms):
-        return tuple([F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
+        outs = tuple([F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
                       for x in bottoms])
+        if self.fused_relu is None:
+            return outs
+        if self.fused_relu:
+            return tuple([F.leaky_relu(y, self.fused_relu) for y in outs])
+        return tuple([F.relu(y) for y in outs])
 
 
 @register("Deconvolution")
