@@ -5,6 +5,7 @@ numpy float32 on the CPU as Caffe does, the losses are torch expressions so auto
 Caffe's gradients."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -301,51 +302,57 @@ class DetectionOutput(Layer):
             self.saver.enable()
         return self.saver is not None
 
-    def detect(self, loc: np.ndarray, conf: np.ndarray, priors: np.ndarray, variances: np.ndarray) -> np.ndarray:
-        """Rows [K, 7] for a batch given numpy loc [N, P, L, 4] and conf [N, P, C]."""
-        rows = []
-        for i in range(loc.shape[0]):
-            per_class = []
-            # one decode per location class: shared locations are decoded once for all classes
-            decoded_by_loc = {}
-            for c in range(self.num_classes):
-                if c == self.bg:
-                    continue
-                li = 0 if self.share_location else c
-                if li not in decoded_by_loc:
-                    decoded_by_loc[li] = bx.decode(priors, variances, loc[i, :, li], self.code_type, self.var_in_target)
-                decoded = decoded_by_loc[li]
-                scores = conf[i, :, c]
-                keep = bx.nms(decoded, scores, self.nms_threshold, self.top_k, self.eta, self.conf_threshold)
-                per_class.append((c, keep, scores[keep], decoded[keep]))
-            total = sum(len(k) for _, k, _, _ in per_class)
-            if self.keep_top_k > -1 and total > self.keep_top_k:
-                flat = [(s, c, j) for c, keep, sc, _ in per_class for j, s in enumerate(sc)]
-                order = sorted(range(len(flat)), key=lambda k: -flat[k][0])[:self.keep_top_k]
-                chosen: dict[int, list[int]] = {}
-                for k in order:                       # score order within each class
-                    chosen.setdefault(flat[k][1], []).append(flat[k][2])
-                per_class = [(c, keep[chosen[c]], sc[chosen[c]], dec[chosen[c]])
-                             for c, keep, sc, dec in per_class if c in chosen]
-            for c, keep, sc, dec in per_class:
-                for j in range(len(keep)):
-                    rows.append([i, c, sc[j], *dec[j]])
-        if not rows:
-            out = np.full((loc.shape[0], 7), -1, dtype=np.float32)
-            out[:, 0] = np.arange(loc.shape[0])
+    def detect(self, loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
+        """Rows [K, 7] for a batch given loc [N, P, L, 4], conf [N, P, C], priors and variances
+        [P, 4], all on one device, every image and class at once: candidates above the
+        confidence threshold, stable-sorted by score (ties: lower prior first) and cut to top_k;
+        greedy NMS; then per image the keep_top_k best over classes (ties: lower class, then
+        candidate order); rows by image, class, then score."""
+        n, n_p = conf.shape[0], conf.shape[1]
+        dev = conf.device
+        classes = [c for c in range(self.num_classes) if c != self.bg]
+        cls = torch.tensor(classes, dtype=torch.long, device=dev)
+        decoded = bx.decode(priors[:, None, :], variances[:, None, :], loc, self.code_type, self.var_in_target)
+        scores = conf[:, :, cls].permute(0, 2, 1)                          # [N, C', P]
+        valid = scores > float(np.float32(self.conf_threshold)) if self.conf_threshold is not None \
+            else torch.ones_like(scores, dtype=torch.bool)
+        key = torch.where(valid, scores, scores.new_full((), -math.inf))
+        k = n_p if self.top_k < 0 else min(self.top_k, n_p)
+        order = bx.top_desc_t(key, k)
+        valid = torch.gather(valid, -1, order)
+        kmax = int(valid.sum(-1).max()) if valid.numel() else 0             # host sync: output size
+        order, valid = order[..., :kmax], valid[..., :kmax]
+        score = torch.gather(scores, -1, order)                             # [N, C', K]
+        if self.share_location:
+            boxes = decoded[:, :, 0][:, None].expand(n, len(classes), n_p, 4)
+        else:
+            boxes = decoded[:, :, cls].permute(0, 2, 1, 3)                    # [N, C', P, 4]
+        cand = torch.gather(boxes, 2, order[..., None].expand(*order.shape, 4))
+        rows_nc = n * len(classes)
+        keep = bx.nms_keep_t(cand.reshape(rows_nc, kmax, 4), valid.reshape(rows_nc, kmax), self.nms_threshold,
+                             self.eta).reshape(valid.shape)
+        if self.keep_top_k > -1:
+            flat = torch.where(keep, score, score.new_full((), -math.inf)).reshape(n, -1)
+            best = bx.top_desc_t(flat, self.keep_top_k)
+            chosen = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, best, True)
+            keep = keep & chosen.reshape(keep.shape)
+        img, c, j = keep.nonzero(as_tuple=True)
+        if len(img) == 0:
+            out = torch.full((n, 7), -1.0, device=dev)
+            out[:, 0] = torch.arange(n, device=dev, dtype=out.dtype)
             return out
-        return np.asarray(rows, dtype=np.float32)
+        return torch.cat([img[:, None].to(score.dtype), cls[c][:, None].to(score.dtype),
+                          score[img, c, j][:, None], cand[img, c, j]], 1)
 
     def forward(self, loc, conf, priors):
         num = loc.shape[0]
-        pbox, var = _split_priors(priors)
-        n_p = len(pbox)
-        loc_np = loc.detach().to("cpu", torch.float32).numpy().reshape(num, n_p, -1, 4)
-        conf_np = conf.detach().to("cpu", torch.float32).numpy().reshape(num, n_p, self.num_classes)
-        rows = self.detect(loc_np, conf_np, pbox, var)
+        pv = priors.detach().float().reshape(2, -1, 4)
+        n_p = pv.shape[1]
+        rows = self.detect(loc.detach().float().reshape(num, n_p, -1, 4),
+                           conf.detach().float().reshape(num, n_p, self.num_classes), pv[0], pv[1])
         if self.saver is not None:
-            self.saver.add(rows, num)
-        return (torch.from_numpy(rows).reshape(1, 1, -1, 7).to(loc.device),)
+            self.saver.add(rows.cpu().numpy(), num)
+        return (rows.reshape(1, 1, -1, 7),)
 
 
 @register("DetectionEvaluate")
