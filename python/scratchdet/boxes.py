@@ -300,3 +300,48 @@ def nms_keep_t(boxes, valid, threshold: float, eta: float = 1.0, chunk: int | No
         keep[:, j] = ok
         adaptive = torch.where(ok & (adaptive > 0.5), adaptive * f_eta, adaptive)
     return keep
+
+
+def match_t(priors, gt, gt_valid, overlap_threshold: float = 0.5, match_type: int = PER_PREDICTION,
+            ignore_cross_boundary: bool = False):
+    """``match`` for a batch at once: ``priors`` [P, 4], ``gt`` [N, G, 4] with ``gt_valid`` [N, G]
+    (padding false) -> (match_index [N, P] int64, match_overlap [N, P] float32), the same decisions
+    and tie rules (the bipartite pass takes the first maximum in prior-major order, one gt per
+    step for every image together; per prediction the first gt among equal overlaps)."""
+    import torch
+    n, g = gt_valid.shape
+    p = priors.shape[0]
+    dev = priors.device
+    index = torch.full((n, p), -1, dtype=torch.long, device=dev)
+    overlap = torch.zeros((n, p), dtype=torch.float32, device=dev)
+    if g == 0 or n == 0:
+        return index, overlap
+    iou = overlap_t(priors.expand(n, p, 4), gt)                      # [N, P, G]
+    iou = torch.where(iou > float(F32(1e-6)), iou, iou.new_zeros(()))  # (NaN -> 0, as jaccard's 0 would)
+    iou = iou.masked_fill(~gt_valid[:, None, :], 0.0)
+    if ignore_cross_boundary:
+        cross = ((priors < 0) | (priors > 1)).any(-1)                 # [P]
+        index.masked_fill_(cross[None, :], -2)
+        iou = iou.masked_fill(cross[None, :, None], 0.0)
+    overlap = iou.max(dim=2).values
+    work = iou.masked_fill(~gt_valid[:, None, :], -1.0)
+    work = work.masked_fill((index != -1)[:, :, None], -1.0)
+    rows = torch.arange(n, device=dev)
+    for _ in range(g):
+        flat = work.reshape(n, p * g)
+        best = flat.argmax(dim=1)                                      # first maximum
+        value = flat.gather(1, best[:, None])[:, 0]
+        active = value > 0
+        i, j = best // g, best % g
+        index[rows, i] = torch.where(active, j, index[rows, i])
+        overlap[rows, i] = torch.where(active, value, overlap[rows, i])
+        work[rows, i, :] = torch.where(active[:, None], work.new_full((), -1.0), work[rows, i, :])
+        work[rows, :, j] = torch.where(active[:, None], work.new_full((), -1.0), work[rows, :, j])
+    if match_type == PER_PREDICTION:
+        scored = iou.masked_fill(~gt_valid[:, None, :], -1.0)
+        best = scored.argmax(dim=2)                                    # first gt among equal overlaps
+        best_iou = scored.gather(2, best[..., None])[..., 0]
+        take = (index == -1) & (best_iou >= float(F32(overlap_threshold)))
+        index = torch.where(take, best, index)
+        overlap = torch.where(take, best_iou, overlap)
+    return index, overlap

@@ -376,7 +376,8 @@ class Net(nn.Module):
             outs = tuple(outs) if isinstance(outs, list) else (outs,)
         if not lp.bottom:
             device = self.device
-            outs = tuple(o.to(device) if o.device != device else o for o in outs)
+            host = layer.host_tops
+            outs = tuple(o.to(device) if o.device != device and k not in host else o for k, o in enumerate(outs))
         if len(outs) != len(lp.top):
             raise ScratchDetError(f"layer {lp.name!r} ({lp.type}) gave {len(outs)} outputs for {len(lp.top)} tops")
         return outs
