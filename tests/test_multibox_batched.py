@@ -164,22 +164,6 @@ def old_multibox(self, loc, conf, priors, label):
             loss = loss + conf_loss / z
         return loss, num_matches
 
-def _pos_labels(self, labels: np.ndarray) -> np.ndarray:
-    if self.p.map_object_to_agnostic:
-        return np.full_like(labels, self.bg + 1)
-    return labels
-
-def _normalizer(self, num: int, n_p: int, num_matches: int) -> float:
-    if self.mode == _MODE.FULL:
-        z = num * n_p
-    elif self.mode == _MODE.VALID:
-        z = num_matches
-    elif self.mode == _MODE.BATCH_SIZE:
-        z = num
-    else:
-        z = 1
-    return float(max(z, 1))
-
 NET = """layer { name: "f" type: "Input" top: "f" input_param { shape { dim: %(n)d dim: 1 dim: 6 dim: 6 } } }
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: %(n)d dim: 3 dim: 300 dim: 300 } } }
 layer { name: "pb" type: "PriorBox" bottom: "f" bottom: "data" top: "pb"
