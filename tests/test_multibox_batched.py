@@ -164,6 +164,7 @@ def old_multibox(self, loc, conf, priors, label):
             loss = loss + conf_loss / z
         return loss, num_matches
 
+
 NET = """layer { name: "f" type: "Input" top: "f" input_param { shape { dim: %(n)d dim: 1 dim: 6 dim: 6 } } }
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: %(n)d dim: 3 dim: 300 dim: 300 } } }
 layer { name: "pb" type: "PriorBox" bottom: "f" bottom: "data" top: "pb"
