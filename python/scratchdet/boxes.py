@@ -1,10 +1,10 @@
 """Box operations of the SSD fork's ``bbox_util.cpp`` (caffe-ssd-spec §2.1-§2.5), once, in float32.
 
 Boxes are ``[..., 4]`` arrays of (xmin, ymin, xmax, ymax), normalized to the network input unless a
-function says otherwise. Everything here is numpy: matching, mining order and NMS are discrete
-decisions Caffe takes on the CPU in float32, and keeping them in numpy keeps those decisions
-identical whatever device the net runs on. ``encode``/``decode`` also accept torch tensors so the
-loss layer can keep the autograd graph.
+function says otherwise. Matching, mining order and NMS are discrete decisions Caffe takes in
+float32; the numpy functions take them as Caffe's loops do, and the ``_t`` functions take the same
+decisions batched in torch (same float32 arithmetic) on the net's device. ``encode``/``decode``
+accept either, so the loss layer keeps the autograd graph.
 """
 from __future__ import annotations
 
@@ -185,12 +185,12 @@ def nms(boxes, scores, threshold: float, top_k: int = -1, eta: float = 1.0,
             keep.append(k)
             suppressed |= iou[k] > F32(threshold)
     else:
-        adaptive = float(threshold)
+        adaptive = F32(threshold)          # Caffe's float, multiplied in float
         for k in range(len(order)):
-            if all(iou[k, j] <= F32(adaptive) for j in keep):
+            if all(iou[k, j] <= adaptive for j in keep):
                 keep.append(k)
-                if adaptive > 0.5:
-                    adaptive *= eta
+                if adaptive > F32(0.5):
+                    adaptive = F32(adaptive * F32(eta))
     return order[np.asarray(keep, dtype=np.int64)]
 
 
@@ -223,3 +223,125 @@ def prior_boxes(height: int, width: int, img_h: int, img_w: int, step_h: float, 
                                        (cx + bw) / img_w, (cy + bh) / img_h), -1)
     arr = out.astype(F32).reshape(-1, 4)
     return clip(arr) if clip_boxes else arr
+
+
+# -- the same decisions in torch, batched, on the net's device ------------------------------------------
+# (the arithmetic of ``sizes`` / ``jaccard`` op for op, so float32 results are the numpy ones)
+
+def overlap_t(a, b):
+    """Batched pairwise JaccardOverlap of normalized boxes for threshold decisions: ``a`` [..., A, 4],
+    ``b`` [..., B, 4] -> [..., A, B], torch float32. Equal to ``jaccard`` wherever the boxes are
+    finite and do not both have zero size; elsewhere it may give NaN where ``jaccard`` gives 0,
+    and ``overlap > t`` (t >= 0) decides the same for both."""
+    # contiguous coordinate planes: torch's CPU kernels broadcast those far faster than strided views
+    ax0, ay0, ax1, ay1 = (a[..., i].contiguous()[..., :, None] for i in range(4))
+    bx0, by0, bx1, by1 = (b[..., i].contiguous()[..., None, :] for i in range(4))
+    # a pair that does not overlap (jaccard's "not ok", its disjoint test included) has iw <= 0 or
+    # ih <= 0, so its intersection clamps to 0
+    iw = (ax1.minimum(bx1) - ax0.maximum(bx0)).clamp_(min=0)
+    ih = (ay1.minimum(by1) - ay0.maximum(by0)).clamp_(min=0)
+    inter = iw.mul_(ih)
+
+    def size(x0, y0, x1, y1):         # BBoxSize: 0 for an inverted box
+        return (x1 - x0).clamp_(min=0) * (y1 - y0).clamp_(min=0)
+    union = (size(ax0, ay0, ax1, ay1) + size(bx0, by0, bx1, by1)).sub_(inter)
+    return inter.div_(union)
+
+
+def top_desc_t(values, k: int):
+    """Indices of the ``k`` largest ``values`` along the last axis, largest first, equal values by
+    lower index first: numpy's stable argsort of ``-values`` cut to ``k``, without a full stable
+    sort (the float32 values and their indices form one unique int64 key per element)."""
+    import torch
+    v = values.float() + 0.0                                    # -0.0 ties with 0.0, as in numpy
+    bits = v.view(torch.int32).long()
+    ordered = torch.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits)     # monotonic in the float value
+    n = values.shape[-1]
+    index = torch.arange(n, device=values.device)
+    key = ordered * (1 << 32) + (n - 1 - index)
+    return torch.topk(key, min(k, n), dim=-1, largest=True, sorted=True).indices
+
+
+def nms_keep_t(boxes, valid, threshold: float, eta: float = 1.0, chunk: int | None = None):
+    """ApplyNMSFast's greedy pass for many rows at once: ``boxes`` [R, K, 4] in candidate order
+    (score descending), ``valid`` [R, K] bool -> keep [R, K] bool. A candidate is kept when its
+    overlap with every kept earlier one is at most the (adaptive) threshold, as ``nms`` decides.
+
+    Candidates are taken in order for all rows at once (a few small tensor operations per
+    candidate, no host sync); with eta < 1 the threshold shrinks after every kept box, per row.
+    The overlaps are computed ``chunk`` pair-values at a time (small on the CPU, where large
+    temporaries cost more than the arithmetic)."""
+    import torch
+    r, k = valid.shape
+    keep = torch.zeros_like(valid)
+    if r == 0 or k == 0:
+        return keep
+    if chunk is None:
+        chunk = 1 << 26 if valid.device.type == "cuda" else 1 << 17
+    thr = float(F32(threshold))
+    step = max(1, chunk // (k * k))
+    adaptive_needed = eta < 1.0
+    over = torch.empty((r, k, k), dtype=boxes.dtype if adaptive_needed else torch.bool, device=valid.device)
+    for s in range(0, r, step):
+        b = boxes[s:s + step]
+        iou = overlap_t(b, b)
+        over[s:s + step] = iou if adaptive_needed else iou > thr
+    if not adaptive_needed:
+        suppressed = torch.zeros_like(valid)
+        for j in range(k):
+            kept = valid[:, j] & ~suppressed[:, j]
+            keep[:, j] = kept
+            suppressed |= over[:, j] & kept[:, None]
+        return keep
+    adaptive = torch.full((r,), thr, dtype=over.dtype, device=over.device)
+    f_eta = torch.tensor(float(F32(eta)), dtype=over.dtype, device=over.device)
+    for j in range(k):
+        ok = valid[:, j] & ~(keep[:, :j] & (over[:, :j, j] > adaptive[:, None])).any(1)
+        keep[:, j] = ok
+        adaptive = torch.where(ok & (adaptive > 0.5), adaptive * f_eta, adaptive)
+    return keep
+
+
+def match_t(priors, gt, gt_valid, overlap_threshold: float = 0.5, match_type: int = PER_PREDICTION,
+            ignore_cross_boundary: bool = False):
+    """``match`` for a batch at once: ``priors`` [P, 4], ``gt`` [N, G, 4] with ``gt_valid`` [N, G]
+    (padding false) -> (match_index [N, P] int64, match_overlap [N, P] float32), the same decisions
+    and tie rules (the bipartite pass takes the first maximum in prior-major order, one gt per
+    step for every image together; per prediction the first gt among equal overlaps)."""
+    import torch
+    n, g = gt_valid.shape
+    p = priors.shape[0]
+    dev = priors.device
+    index = torch.full((n, p), -1, dtype=torch.long, device=dev)
+    overlap = torch.zeros((n, p), dtype=torch.float32, device=dev)
+    if g == 0 or n == 0:
+        return index, overlap
+    iou = overlap_t(priors.expand(n, p, 4), gt)                      # [N, P, G]
+    iou = torch.where(iou > float(F32(1e-6)), iou, iou.new_zeros(()))  # (NaN -> 0, as jaccard's 0 would)
+    iou = iou.masked_fill(~gt_valid[:, None, :], 0.0)
+    if ignore_cross_boundary:
+        cross = ((priors < 0) | (priors > 1)).any(-1)                 # [P]
+        index.masked_fill_(cross[None, :], -2)
+        iou = iou.masked_fill(cross[None, :, None], 0.0)
+    overlap = iou.max(dim=2).values
+    work = iou.masked_fill(~gt_valid[:, None, :], -1.0)
+    work = work.masked_fill((index != -1)[:, :, None], -1.0)
+    rows = torch.arange(n, device=dev)
+    for _ in range(g):
+        flat = work.reshape(n, p * g)
+        best = flat.argmax(dim=1)                                      # first maximum
+        value = flat.gather(1, best[:, None])[:, 0]
+        active = value > 0
+        i, j = best // g, best % g
+        index[rows, i] = torch.where(active, j, index[rows, i])
+        overlap[rows, i] = torch.where(active, value, overlap[rows, i])
+        work[rows, i, :] = torch.where(active[:, None], work.new_full((), -1.0), work[rows, i, :])
+        work[rows, :, j] = torch.where(active[:, None], work.new_full((), -1.0), work[rows, :, j])
+    if match_type == PER_PREDICTION:
+        scored = iou.masked_fill(~gt_valid[:, None, :], -1.0)
+        best = scored.argmax(dim=2)                                    # first gt among equal overlaps
+        best_iou = scored.gather(2, best[..., None])[..., 0]
+        take = (index == -1) & (best_iou >= float(F32(overlap_threshold)))
+        index = torch.where(take, best, index)
+        overlap = torch.where(take, best_iou, overlap)
+    return index, overlap

@@ -242,6 +242,46 @@ class Net(nn.Module):
         self.fast = FastPath()
         self._plan = None
         self._compute = [layer.lp.type in COMPUTE_TYPES for layer in layers]
+        self._fused_scale, self._inplace = self._fusions()
+
+    # producers whose backward never reads their own output: an in-place ReLU may overwrite it
+    _INPLACE_SAFE = frozenset({"Convolution", "Deconvolution", "BatchNorm", "Scale", "Bias", "Eltwise",
+                               "InnerProduct", "Concat", "Pooling"})
+
+    def _fusions(self) -> tuple[dict[int, int], set[int]]:
+        """Where Net.forward may run Caffe's pairs as one operation, with the same results:
+        BatchNorm i then an in-place Scale i+1 on its top as one F.batch_norm ({i: i+1}), and
+        in-place ReLUs as real in-place ops (the ReLU is the only reader of its bottom)."""
+        layers = self.layers
+        producer: dict[str, int] = {}
+        readers: dict[tuple[str, int], int] = {}
+        source: list[list[tuple[str, int]]] = []
+        for i, layer in enumerate(layers):
+            src = [(b, producer.get(b, -1)) for b in layer.lp.bottom]
+            source.append(src)
+            for key in src:
+                readers[key] = readers.get(key, 0) + 1
+            for t in layer.lp.top:
+                producer[t] = i
+        plain = [self._propagate[i] is None and not any(self._loss_weights[i]) for i in range(len(layers))]
+        fused: dict[int, int] = {}
+        for i in range(len(layers) - 1):
+            bn, sc = layers[i], layers[i + 1]
+            if (bn.lp.type == "BatchNorm" and sc.lp.type == "Scale" and plain[i] and plain[i + 1]
+                    and len(bn.bottom_shapes[0]) >= 2 and len(sc.lp.bottom) == 1 and sc.scale is not None
+                    and sc.axis == 1 and tuple(sc.scale.shape) == (bn.channels,)
+                    and list(sc.lp.bottom) == [bn.lp.top[0]] and list(sc.lp.top) == [bn.lp.top[0]]
+                    and readers.get((bn.lp.top[0], i), 0) == 1):
+                fused[i] = i + 1
+        inplace: set[int] = set()
+        for i, layer in enumerate(layers):
+            lp = layer.lp
+            if (lp.type == "ReLU" and plain[i] and list(lp.top) == list(lp.bottom) and len(lp.bottom) == 1
+                    and layer.negative_slope >= 0):
+                name, p = source[i][0]
+                if p >= 0 and layers[p].lp.type in self._INPLACE_SAFE and readers.get((name, p), 0) == 1:
+                    inplace.add(i)
+        return fused, inplace
 
     # -- opt-in faster paths (engine/fast.py); the default is the faithful one ----------------------
     def set_fast(self, fast: FastPath) -> None:
@@ -336,7 +376,8 @@ class Net(nn.Module):
             outs = tuple(outs) if isinstance(outs, list) else (outs,)
         if not lp.bottom:
             device = self.device
-            outs = tuple(o.to(device) if o.device != device else o for o in outs)
+            host = layer.host_tops
+            outs = tuple(o.to(device) if o.device != device and k not in host else o for k, o in enumerate(outs))
         if len(outs) != len(lp.top):
             raise ScratchDetError(f"layer {lp.name!r} ({lp.type}) gave {len(outs)} outputs for {len(lp.top)} tops")
         return outs
@@ -353,10 +394,28 @@ class Net(nn.Module):
         if self._plan is not None and per_layer is None:
             return self._plan.forward(self, inputs, self._cast_input)
         blobs: dict[str, torch.Tensor] = {}
-        for i in range(len(self.layers)):
-            outs = self.forward_layer(i, blobs, inputs)
-            if per_layer is not None:
-                per_layer[self.layers[i].name] = outs
+        if per_layer is not None:          # every layer's own output: no fused pairs, nothing in place
+            for i in range(len(self.layers)):
+                per_layer[self.layers[i].name] = self.forward_layer(i, blobs, inputs)
+            return blobs
+        i = 0
+        while i < len(self.layers):
+            if i in self._fused_scale:
+                j = self._fused_scale[i]
+                bn, sc = self.layers[i], self.layers[j]
+                with self.fast.autocast(self.device):
+                    y = bn.forward_with_scale(blobs[bn.lp.bottom[0]], sc.scale, sc.bias)
+                if y is not None:
+                    blobs[sc.lp.top[0]] = y
+                    i = j + 1
+                    continue
+            elif i in self._inplace:
+                lp = self.layers[i].lp
+                blobs[lp.top[0]] = self.layers[i].forward_inplace(blobs[lp.bottom[0]])[0]
+                i += 1
+                continue
+            self.forward_layer(i, blobs, inputs)
+            i += 1
         return blobs
 
     def loss_outputs(self, blobs: dict) -> list[tuple[str, float, torch.Tensor]]:

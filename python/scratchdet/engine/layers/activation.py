@@ -20,6 +20,13 @@ class ReLU(Layer):
             return (F.leaky_relu(x, self.negative_slope),)
         return (F.relu(x),)
 
+    def forward_inplace(self, x):
+        """Caffe's in-place ReLU (top == bottom) on the bottom's own memory; the Net calls it only
+        when nothing else reads the bottom and its producer's backward does not need it."""
+        if self.negative_slope:
+            return (F.leaky_relu_(x, self.negative_slope),)
+        return (F.relu_(x),)
+
 
 @register("Sigmoid")
 class Sigmoid(Layer):

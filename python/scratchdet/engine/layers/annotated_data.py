@@ -160,6 +160,9 @@ class AnnotatedDataLayer(Layer):
         if tp.HasField("resize_param") and tp.resize_param.resize_mode == pb.ResizeParameter.FIT_SMALL_SIZE:
             self.batch_size = 1     # images differ in size (as Caffe forces)
         self.out_hw = tuple(top_shapes[0][2:4]) if top_shapes and len(top_shapes[0]) == 4 else None
+        # the box label blob is read by MultiBoxLoss / DetectionEvaluate on the host: keeping it
+        # there spares a device round trip (and a sync) per batch
+        self.host_tops = (1,) if self.rich else ()
         self.seed, self.rank, self.world = 0, 0, 1
         self.shuffle = False
         self.workers = default_workers()
@@ -234,7 +237,7 @@ class AnnotatedDataLayer(Layer):
         data = data.to(device, non_blocking=True)
         if len(self.lp.top) == 1:
             return (data,)
-        return data, label.to(device, non_blocking=True)
+        return data, (label if 1 in self.host_tops else label.to(device, non_blocking=True))
 
     def _device(self) -> torch.device:
         return getattr(self, "device", None) or torch.device("cpu")

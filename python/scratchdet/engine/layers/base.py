@@ -28,6 +28,8 @@ class Layer(nn.Module):
     is_loss = False
     #: Caffe's default propagate_down for each bottom when the prototxt gives none (None = all true)
     default_propagate_down: tuple[bool, ...] | None = None
+    #: tops of a layer without bottoms that stay on the host (small blobs only the host reads)
+    host_tops: tuple[int, ...] = ()
 
     def __init__(self, lp, phase: int, bottom_shapes: list[tuple], top_shapes: list[tuple]):
         super().__init__()

@@ -72,14 +72,31 @@ class BatchNorm(Layer):
         # with momentum 1 torch's "running" buffers receive this batch's mean and its unbiased
         # variance (m / (m - 1) times the biased one), which is what Caffe adds to its sums: one
         # pass over x instead of a separate var_mean
-        mean = torch.zeros(self.channels, dtype=x.dtype, device=x.device)
-        var = torch.zeros(self.channels, dtype=x.dtype, device=x.device)
-        y = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=self.eps)
+        return (self._train_forward(x).reshape(shape),)
+
+    def _train_forward(self, x, weight=None, bias=None):
+        mean = torch.zeros(self.channels, dtype=torch.float32, device=x.device)
+        var = torch.zeros(self.channels, dtype=torch.float32, device=x.device)
+        y = F.batch_norm(x, mean, var, weight, bias, training=True, momentum=1.0, eps=self.eps)
         with torch.no_grad():
             self.factor.mul_(self.maf).add_(1.0)
             self.mean_sum.mul_(self.maf).add_(mean)
             self.var_sum.mul_(self.maf).add_(var)
-        return (y.reshape(shape),)
+        return y
+
+    def forward_with_scale(self, x, scale, bias):
+        """This layer then an in-place per-channel Scale (``scale``, optional ``bias``) as one
+        ``F.batch_norm``: the same three blobs, the output up to float rounding. None when the
+        batch has one value per channel (the unfused path handles that case)."""
+        if x.dim() < 2:
+            return None
+        if self.use_global_stats:
+            s = self.factor[0]
+            inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+            return F.batch_norm(x, self.mean_sum * inv, self.var_sum * inv, scale, bias, training=False, eps=self.eps)
+        if x.numel() // self.channels == 1:
+            return None
+        return self._train_forward(x, scale, bias)
 
 
 class _AffineBase(Layer):

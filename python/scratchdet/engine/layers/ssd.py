@@ -1,12 +1,12 @@
 """The SSD fork's detection layers (caffe-ssd-spec §2.2-§2.6): PriorBox, MultiBoxLoss,
 DetectionOutput and DetectionEvaluate. Box arithmetic, matching and NMS come from
-``scratchdet.boxes``; the discrete decisions (matches, mined negatives, NMS survivors) are taken in
-numpy float32 on the CPU as Caffe does, the losses are torch expressions so autograd gives
-Caffe's gradients."""
+``scratchdet.boxes``; MultiBoxLoss and DetectionOutput take their discrete decisions (matches,
+mined negatives, NMS survivors) for the whole batch at once on the net's device, in float32 with
+Caffe's tie rules, and the losses are torch expressions so autograd gives Caffe's gradients."""
 from __future__ import annotations
 
+import math
 import sys
-
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +22,31 @@ _MB = pb.MultiBoxLossParameter
 _MODE = pb.LossParameter
 
 
-def _split_priors(priors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """[1, 2, 4P] PriorBox output -> (boxes [P, 4], variances [P, 4]) as float32 numpy."""
-    arr = priors.detach().to("cpu", torch.float32).numpy().reshape(2, -1, 4)
-    return arr[0], arr[1]
-
-
-def ground_truth(label: torch.Tensor, num: int, background: int, use_difficult: bool, where):
-    """GetGroundTruth: per image, (labels [G] int, boxes [G, 4], difficult [G] bool) from the
-    [1, 1, G, 8] label blob; rows with item_id -1 are padding."""
+def ground_truth_padded(label: torch.Tensor, num: int, background: int, use_difficult: bool, where):
+    """GetGroundTruth for the whole batch: (labels [N, G] int64, boxes [N, G, 4] float32, valid
+    [N, G] bool) numpy arrays from the [1, 1, G', 8] label blob, each image's boxes in blob order
+    and padded to the largest count G; rows with item_id -1 are padding. (The label blob is small
+    and stays on the host, so this costs no device sync.)"""
     rows = label.detach().to("cpu", torch.float32).numpy().reshape(-1, 8)
-    out = []
-    for i in range(num):
-        r = rows[rows[:, 0] == i]
-        if len(r) and (r[:, 1].astype(np.int64) == background).any():
-            raise where.error("Found background label in the dataset.")
-        diff = r[:, 7] > 0
-        if not use_difficult:
-            r, diff = r[~diff], diff[~diff]
-        out.append((r[:, 1].astype(np.int64), r[:, 3:7].astype(np.float32), diff))
-    return out
+    item = rows[:, 0]
+    rows = rows[(item >= 0) & (item < num) & (item == np.floor(item))]
+    if len(rows) and (rows[:, 1].astype(np.int64) == background).any():
+        raise where.error("Found background label in the dataset.")
+    if not use_difficult:
+        rows = rows[~(rows[:, 7] > 0)]
+    item = rows[:, 0].astype(np.int64)
+    order = np.argsort(item, kind="stable")
+    rows, item = rows[order], item[order]
+    counts = np.bincount(item, minlength=num)
+    g = int(counts.max()) if num else 0
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    labels = np.zeros((num, g), dtype=np.int64)
+    boxes = np.zeros((num, g, 4), dtype=np.float32)
+    valid = np.zeros((num, g), dtype=bool)
+    labels[item, slot] = rows[:, 1].astype(np.int64)
+    boxes[item, slot] = rows[:, 3:7]
+    valid[item, slot] = True
+    return labels, boxes, valid
 
 
 @register("PriorBox")
@@ -127,133 +132,92 @@ class MultiBoxLoss(Layer):
         if len(pd) > 2 and (pd[2] or pd[3]):
             raise self.error("cannot backpropagate to prior boxes or labels")
         self.use_loc, self.use_conf = bool(pd[0]), bool(pd[1])
-        self.last_num_matches = 0
+        self._num_matches = torch.zeros((), dtype=torch.long)
 
-    def _match(self, priors, gts):
-        """Per image: (match_index [P], match_overlap [P]) of the unclipped priors."""
-        out = []
-        for labels, gboxes, _ in gts:
-            if len(labels) == 0:
-                out.append(None)
-                continue
-            out.append(bx.match(priors, gboxes, float(self.p.overlap_threshold), int(self.p.match_type),
-                                bool(self.p.ignore_cross_boundary_bbox)))
-        return out
+    @property
+    def last_num_matches(self) -> int:
+        """Positives of the last forward (read on demand: a host sync on a GPU)."""
+        return int(self._num_matches)
 
     def forward(self, loc, conf, priors, label):
+        """Every image at once on the net's device: no per-image loop, and no host sync when the
+        label blob is on the host (the AnnotatedData layer keeps it there)."""
         mp = self.p
-        loc, conf = loc.float(), conf.float()       # no-ops but under the opt-in mixed precision
         num = loc.shape[0]
         c = self.num_classes
-        prior_boxes, variances = _split_priors(priors)
-        n_p = len(prior_boxes)
+        loc, conf = loc.float(), conf.float()       # no-ops but under the opt-in mixed precision
+        dev = loc.device
+        pv = priors.detach().float().reshape(2, -1, 4)
+        prior_boxes, variances = pv[0], pv[1]
+        n_p = prior_boxes.shape[0]
         loc_classes = 1 if mp.share_location else c
         loc = loc.reshape(num, n_p, loc_classes, 4)
         conf = conf.reshape(num, n_p, c)
-        gts = ground_truth(label, num, self.bg, bool(mp.use_difficult_gt), self)
-        matches = self._match(prior_boxes, gts)
-        # per image with gt: (positive prior indices, their matched gt indices), found once
-        positives = [None if m is None else (np.flatnonzero(m[0] > -1), m[0][m[0] > -1]) for m in matches]
-        num_matches = sum(len(p[0]) for p in positives if p is not None)
+        gt_labels, gt_boxes, gt_valid = (torch.from_numpy(a).to(dev, non_blocking=True) for a in
+                                         ground_truth_padded(label, num, self.bg, bool(mp.use_difficult_gt), self))
+        has_gt = gt_valid.any(1)                                             # [N]
+        index, overlap = bx.match_t(prior_boxes, gt_boxes, gt_valid, float(mp.overlap_threshold),
+                                    int(mp.match_type), bool(mp.ignore_cross_boundary_bbox))
+        pos = index > -1                                                     # [N, P]
+        gt_of = index.clamp(min=0)
+        matched_label = torch.gather(gt_labels, 1, gt_of)                    # [N, P] (valid where pos)
+        pos_label = torch.full_like(matched_label, self.bg + 1) if mp.map_object_to_agnostic else matched_label
+        self._num_matches = pos.sum()
+        z = self._normalizer_t(num, n_p, self._num_matches)
 
-        # -- mining: rank every prior by its softmax/logistic loss against the bg label ---------
-        neg_sel: list[np.ndarray] = []
+        # per-prior confidence loss against each prior's target (positive label, else background)
+        target = torch.where(pos, pos_label, torch.full_like(pos_label, self.bg))
+        if mp.conf_loss_type == _MB.SOFTMAX:
+            logp = torch.log_softmax(conf, dim=2).gather(2, target[..., None])[..., 0]
+            conf_per = -clamped_log_prob(logp)                               # [N, P]
+        else:
+            onehot = torch.nn.functional.one_hot(target, c).to(conf.dtype)
+            conf_per = torch.nn.functional.binary_cross_entropy_with_logits(conf, onehot, reduction="none").sum(2)
+
+        # -- mining: the most lossy eligible negatives, neg_pos_ratio per positive --------------------
         if self.mining == _MB.MAX_NEGATIVE:
-            target = torch.full((num, n_p), self.bg, dtype=torch.long, device=conf.device)
-            for i, p in enumerate(positives):
-                if p is not None:
-                    lab = self._pos_labels(gts[i][0][p[1]])
-                    target[i, torch.from_numpy(p[0]).to(conf.device)] = torch.from_numpy(lab).to(conf.device)
-            with torch.no_grad():
-                if mp.conf_loss_type == _MB.SOFTMAX:
-                    logp = torch.log_softmax(conf.float(), dim=2).gather(2, target[..., None])[..., 0]
-                    rank = -clamped_log_prob(logp)
-                else:
-                    onehot = torch.nn.functional.one_hot(target, c).float()
-                    rank = torch.nn.functional.binary_cross_entropy_with_logits(
-                        conf.float(), onehot, reduction="none").sum(2)
-            rank = rank.cpu().numpy()
-            for i, m in enumerate(matches):
-                if m is None:
-                    neg_sel.append(np.zeros(0, dtype=np.int64))
-                    continue
-                index, overlap = m
-                eligible = np.flatnonzero((index == -1) & (overlap < np.float32(mp.neg_overlap)))
-                n_pos = len(positives[i][0])
-                n_sel = min(int(n_pos * float(np.float32(mp.neg_pos_ratio))), len(eligible))
-                order = np.argsort(-rank[i, eligible], kind="stable")[:n_sel]
-                neg_sel.append(np.sort(eligible[order]))
+            eligible = (index == -1) & (overlap < float(np.float32(mp.neg_overlap))) & has_gt[:, None]
+            rank = torch.where(eligible, conf_per.detach(), conf_per.new_full((), -math.inf))
+            n_sel = torch.minimum((pos.sum(1).double() * float(np.float32(mp.neg_pos_ratio))).floor().long(),
+                                  eligible.sum(1))
+            order = bx.top_desc_t(rank, n_p)                                 # ties: lower prior first
+            chosen = torch.arange(n_p, device=dev)[None, :] < n_sel[:, None]
+            neg = torch.zeros_like(pos).scatter_(1, order, chosen)
+            rows = pos | neg
+        else:
+            rows = torch.ones_like(pos)
 
-        z = self._normalizer(num, n_p, num_matches)
         loss = loc.new_zeros(())
-        # -- localization ---------------------------------------------------------------------
-        if self.use_loc and num_matches > 0:
-            img_idx, prior_idx, cls_idx, targets = [], [], [], []
-            for i, p in enumerate(positives):
-                if p is None:
-                    continue
-                pos, g = p
-                img_idx.append(np.full(len(pos), i))
-                prior_idx.append(pos)
-                cls_idx.append(np.zeros(len(pos), dtype=np.int64) if mp.share_location else gts[i][0][g])
-                targets.append(gts[i][1][g])
-            img_idx, prior_idx, cls_idx = (np.concatenate(a) for a in (img_idx, prior_idx, cls_idx))
-            gt_boxes = np.concatenate(targets)
-            enc = bx.encode(prior_boxes[prior_idx], variances[prior_idx], gt_boxes, int(mp.code_type),
-                            bool(mp.encode_variance_in_target))
-            dev = loc.device
-            pred = loc[torch.from_numpy(img_idx).to(dev), torch.from_numpy(prior_idx).to(dev),
-                       torch.from_numpy(cls_idx).to(dev)]
-            tgt = torch.from_numpy(np.ascontiguousarray(enc, dtype=np.float32)).to(pred.device)
+        # -- localization -------------------------------------------------------------------------
+        if self.use_loc:
+            cls_idx = torch.zeros_like(index) if mp.share_location else matched_label
+            pred = torch.gather(loc, 2, cls_idx[:, :, None, None].expand(num, n_p, 1, 4))[:, :, 0]   # [N, P, 4]
+            gt_box = torch.gather(gt_boxes, 1, gt_of[..., None].expand(num, n_p, 4))                   # [N, P, 4]
+            safe_gt = torch.where(pos[..., None], gt_box, prior_boxes.expand(num, n_p, 4))
+            tgt = bx.encode(prior_boxes.expand(num, n_p, 4), variances.expand(num, n_p, 4), safe_gt,
+                            int(mp.code_type), bool(mp.encode_variance_in_target))
             if mp.bp_inside:
-                outside = torch.from_numpy((gt_boxes < 0) | (gt_boxes > 1)).to(pred.device)
-                pred = torch.where(outside, tgt, pred)
+                pred = torch.where((gt_box < 0) | (gt_box > 1), tgt, pred)
             if mp.encode_variance_in_target:
-                v = torch.from_numpy(variances[prior_idx]).to(pred.device)
-                pred, tgt = pred / v, tgt / v
+                pred, tgt = pred / variances, tgt / variances
             d = pred - tgt
             if mp.loc_loss_type == _MB.SMOOTH_L1:
                 a = d.abs()
-                loc_loss = torch.where(a < 1, 0.5 * d * d, a - 0.5).sum()
+                per = torch.where(a < 1, 0.5 * d * d, a - 0.5)
             else:
-                loc_loss = 0.5 * (d * d).sum()
+                per = 0.5 * d * d
+            loc_loss = torch.where(pos[..., None], per, per.new_zeros(())).sum()
             loss = loss + float(mp.loc_weight) * loc_loss / z
-        # -- confidence -----------------------------------------------------------------------
+        # -- confidence -----------------------------------------------------------------------------
         if self.use_conf:
-            rows_img, rows_prior, rows_label = [], [], []
-            for i, p in enumerate(positives):
-                if self.mining == _MB.NONE:
-                    lab = np.full(n_p, self.bg, dtype=np.int64)
-                    if p is not None:
-                        lab[p[0]] = self._pos_labels(gts[i][0][p[1]])
-                    rows_img.append(np.full(n_p, i))
-                    rows_prior.append(np.arange(n_p))
-                    rows_label.append(lab)
-                    continue
-                if p is None:
-                    continue
-                pos, neg = p[0], neg_sel[i]
-                rows_img.append(np.full(len(pos) + len(neg), i))
-                rows_prior.append(np.concatenate([pos, neg]))
-                rows_label.append(np.concatenate([self._pos_labels(gts[i][0][p[1]]),
-                                                  np.full(len(neg), self.bg, dtype=np.int64)]))
-            if rows_img and sum(len(r) for r in rows_img):
-                ri, rp, rl = (torch.from_numpy(np.concatenate(a).astype(np.int64)) for a in (rows_img, rows_prior, rows_label))
-                logits = conf[ri.to(conf.device), rp.to(conf.device)]
-                rl = rl.to(conf.device)
-                if mp.conf_loss_type == _MB.SOFTMAX:
-                    conf_loss = -clamped_log_prob(torch.log_softmax(logits, dim=1).gather(1, rl[:, None])[:, 0]).sum()
-                else:
-                    onehot = torch.nn.functional.one_hot(rl, c).to(logits.dtype)
-                    conf_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, onehot, reduction="sum")
-                loss = loss + conf_loss / z
-        self.last_num_matches = num_matches
+            conf_loss = torch.where(rows, conf_per, conf_per.new_zeros(())).sum()
+            loss = loss + conf_loss / z
         return (loss,)
 
-    def _pos_labels(self, labels: np.ndarray) -> np.ndarray:
-        if self.p.map_object_to_agnostic:
-            return np.full_like(labels, self.bg + 1)
-        return labels
+    def _normalizer_t(self, num: int, n_p: int, num_matches: torch.Tensor):
+        if self.mode == _MODE.VALID:
+            return num_matches.clamp(min=1).to(torch.float32)
+        return self._normalizer(num, n_p, 0)
 
     def _normalizer(self, num: int, n_p: int, num_matches: int) -> float:
         if self.mode == _MODE.FULL:
@@ -308,53 +272,59 @@ class DetectionOutput(Layer):
             self.saver.enable()
         return self.saver is not None
 
-    def detect(self, loc: np.ndarray, conf: np.ndarray, priors: np.ndarray, variances: np.ndarray) -> np.ndarray:
-        """Rows [K, 7] for a batch given numpy loc [N, P, L, 4] and conf [N, P, C]."""
-        rows = []
-        for i in range(loc.shape[0]):
-            per_class = []
-            # one decode per location class: shared locations are decoded once for all classes
-            decoded_by_loc = {}
-            for c in range(self.num_classes):
-                if c == self.bg:
-                    continue
-                li = 0 if self.share_location else c
-                if li not in decoded_by_loc:
-                    decoded_by_loc[li] = bx.decode(priors, variances, loc[i, :, li], self.code_type, self.var_in_target)
-                    if self.clip:
-                        decoded_by_loc[li] = np.clip(decoded_by_loc[li], 0.0, 1.0)
-                decoded = decoded_by_loc[li]
-                scores = conf[i, :, c]
-                keep = bx.nms(decoded, scores, self.nms_threshold, self.top_k, self.eta, self.conf_threshold)
-                per_class.append((c, keep, scores[keep], decoded[keep]))
-            total = sum(len(k) for _, k, _, _ in per_class)
-            if self.keep_top_k > -1 and total > self.keep_top_k:
-                flat = [(s, c, j) for c, keep, sc, _ in per_class for j, s in enumerate(sc)]
-                order = sorted(range(len(flat)), key=lambda k: -flat[k][0])[:self.keep_top_k]
-                chosen: dict[int, list[int]] = {}
-                for k in order:                       # score order within each class
-                    chosen.setdefault(flat[k][1], []).append(flat[k][2])
-                per_class = [(c, keep[chosen[c]], sc[chosen[c]], dec[chosen[c]])
-                             for c, keep, sc, dec in per_class if c in chosen]
-            for c, keep, sc, dec in per_class:
-                for j in range(len(keep)):
-                    rows.append([i, c, sc[j], *dec[j]])
-        if not rows:
-            out = np.full((loc.shape[0], 7), -1, dtype=np.float32)
-            out[:, 0] = np.arange(loc.shape[0])
+    def detect(self, loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
+        """Rows [K, 7] for a batch given loc [N, P, L, 4], conf [N, P, C], priors and variances
+        [P, 4], all on one device, every image and class at once: candidates above the
+        confidence threshold, stable-sorted by score (ties: lower prior first) and cut to top_k;
+        greedy NMS; then per image the keep_top_k best over classes (ties: lower class, then
+        candidate order); rows by image, class, then score."""
+        n, n_p = conf.shape[0], conf.shape[1]
+        dev = conf.device
+        classes = [c for c in range(self.num_classes) if c != self.bg]
+        cls = torch.tensor(classes, dtype=torch.long, device=dev)
+        decoded = bx.decode(priors[:, None, :], variances[:, None, :], loc, self.code_type, self.var_in_target)
+        if self.clip:           # newer forks' clip (OpenCV's face detector): boxes into [0, 1] before NMS
+            decoded = decoded.clamp(0.0, 1.0)
+        scores = conf[:, :, cls].permute(0, 2, 1)                          # [N, C', P]
+        valid = scores > float(np.float32(self.conf_threshold)) if self.conf_threshold is not None \
+            else torch.ones_like(scores, dtype=torch.bool)
+        key = torch.where(valid, scores, scores.new_full((), -math.inf))
+        k = n_p if self.top_k < 0 else min(self.top_k, n_p)
+        order = bx.top_desc_t(key, k)
+        valid = torch.gather(valid, -1, order)
+        kmax = int(valid.sum(-1).max()) if valid.numel() else 0             # host sync: output size
+        order, valid = order[..., :kmax], valid[..., :kmax]
+        score = torch.gather(scores, -1, order)                             # [N, C', K]
+        if self.share_location:
+            boxes = decoded[:, :, 0][:, None].expand(n, len(classes), n_p, 4)
+        else:
+            boxes = decoded[:, :, cls].permute(0, 2, 1, 3)                    # [N, C', P, 4]
+        cand = torch.gather(boxes, 2, order[..., None].expand(*order.shape, 4))
+        rows_nc = n * len(classes)
+        keep = bx.nms_keep_t(cand.reshape(rows_nc, kmax, 4), valid.reshape(rows_nc, kmax), self.nms_threshold,
+                             self.eta).reshape(valid.shape)
+        if self.keep_top_k > -1:
+            flat = torch.where(keep, score, score.new_full((), -math.inf)).reshape(n, -1)
+            best = bx.top_desc_t(flat, self.keep_top_k)
+            chosen = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, best, True)
+            keep = keep & chosen.reshape(keep.shape)
+        img, c, j = keep.nonzero(as_tuple=True)
+        if len(img) == 0:
+            out = torch.full((n, 7), -1.0, device=dev)
+            out[:, 0] = torch.arange(n, device=dev, dtype=out.dtype)
             return out
-        return np.asarray(rows, dtype=np.float32)
+        return torch.cat([img[:, None].to(score.dtype), cls[c][:, None].to(score.dtype),
+                          score[img, c, j][:, None], cand[img, c, j]], 1)
 
     def forward(self, loc, conf, priors):
         num = loc.shape[0]
-        pbox, var = _split_priors(priors)
-        n_p = len(pbox)
-        loc_np = loc.detach().to("cpu", torch.float32).numpy().reshape(num, n_p, -1, 4)
-        conf_np = conf.detach().to("cpu", torch.float32).numpy().reshape(num, n_p, self.num_classes)
-        rows = self.detect(loc_np, conf_np, pbox, var)
+        pv = priors.detach().float().reshape(2, -1, 4)
+        n_p = pv.shape[1]
+        rows = self.detect(loc.detach().float().reshape(num, n_p, -1, 4),
+                           conf.detach().float().reshape(num, n_p, self.num_classes), pv[0], pv[1])
         if self.saver is not None:
-            self.saver.add(rows, num)
-        return (torch.from_numpy(rows).reshape(1, 1, -1, 7).to(loc.device),)
+            self.saver.add(rows.cpu().numpy(), num)
+        return (rows.reshape(1, 1, -1, 7),)
 
 
 @register("DetectionEvaluate")
