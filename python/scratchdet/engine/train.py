@@ -29,6 +29,7 @@ from ..caffe.netstate import TEST, TRAIN
 from ..caffe.schema import pb
 from ..errors import ScratchDetError
 from . import glog
+from .debug_info import DebugPass
 from .distributed import Dist, broadcast_from_root, reduce_gradients
 from .solver import SGD, LearningRate, check_solver
 
@@ -460,9 +461,12 @@ class Trainer:
                 loss = 0.0
                 blobs = None
                 for _ in range(sp.iter_size):
-                    blobs = self.net.forward()
+                    debug = DebugPass(self.net, log.log) if sp.debug_info else None
+                    blobs = debug.forward() if debug else self.net.forward()
                     total = self.net.total_loss(blobs)
                     total.backward()
+                    if debug:
+                        debug.backward()
                     loss += float(total.detach())
                 loss /= sp.iter_size
                 stop_flag = 1.0 if self._stop_request is not None else 0.0
