@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-# file:line tags of the SSD fork tip for the lines log parsers know (spec §5.5)
+# file:line tags of the SSD fork tip for the lines log parsers know (spec §5.5), as its binary prints them
 LOSS = "solver.cpp:243"
 TRAIN_OUTPUT = "solver.cpp:259"
 TESTING = "solver.cpp:433"
@@ -21,11 +21,17 @@ TEST_OUTPUT = "solver.cpp:546"
 LR = "sgd_solver.cpp:138"
 MULTISTEP = "sgd_solver.cpp:46"
 CLIP = "sgd_solver.cpp:93"
-SNAPSHOT_MODEL = "solver.cpp:598"
-SNAPSHOT_STATE = "sgd_solver.cpp:273"
+SNAPSHOT_MODEL = "solver.cpp:596"
+SNAPSHOT_STATE = "sgd_solver.cpp:307"
 RESTORE = "sgd_solver.cpp:287"
-SOLVER = "solver.cpp:48"
-DONE = "solver.cpp:317"
+SOLVER = "solver.cpp:63"
+TRAIN_NET = "solver.cpp:96"
+TEST_NET = "solver.cpp:196"
+SOLVING = "solver.cpp:294"
+LR_POLICY = "solver.cpp:295"
+FINAL_LOSS = "solver.cpp:332"
+DONE = "solver.cpp:337"
+PER_CLASS = "solver.cpp:540"
 MISSING_TP = "solver.cpp:524"
 CAFFE_TOOL = "caffe.cpp:251"
 OURS = "train.py:1"
