@@ -26,7 +26,8 @@ from typing import Iterable
 
 from ..errors import ScratchDetError
 
-GLOG = re.compile(r"^([IWEF])(\d{4}) (\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s+(\d+)\s+([^\]\s]+)\]\s?(.*)$")
+# glog's prefix: level, MMDD (newer glog, as the referee build's, writes YYYYMMDD), time, thread id, file:line
+GLOG = re.compile(r"^([IWEF])((?:\d{4})?\d{4}) (\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s+(\d+)\s+([^\]\s]+)\]\s?(.*)$")
 # a number as iostream prints it, or MSVC's 1.#QNAN; the look-ahead rejects a number cut short
 NUM = r"([-+]?\d\.#\w+|[-+]?(?i:nan|inf)\w*|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\d.#eE])"
 
