@@ -460,8 +460,10 @@ class Trainer:
                     tick += time.perf_counter() - t0     # the test's time is not training speed
                 loss = 0.0
                 blobs = None
+                # Caffe turns the net's debug_info on for display iterations only
+                debugging = sp.debug_info and bool(sp.display) and self.iter % sp.display == 0
                 for _ in range(sp.iter_size):
-                    debug = DebugPass(self.net, log.log) if sp.debug_info else None
+                    debug = DebugPass(self.net, log.log) if debugging else None
                     blobs = debug.forward() if debug else self.net.forward()
                     total = self.net.total_loss(blobs)
                     total.backward()
