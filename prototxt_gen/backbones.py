@@ -104,7 +104,9 @@ class ResNetSpec:
     extra_channels: int = 128
 
 
-def resnet(net: NetSpec, data: Top, spec: ResNetSpec) -> list[Source]:
+def resnet(net: NetSpec, data: Top, spec: ResNetSpec, unit_strides: bool = False) -> list[Source]:
+    """``unit_strides``: write ``stride: 1`` where the released scripts pass it (``stem_1`` and the
+    first conv of a stride-1 residual extra block), so the text equals theirs."""
     if spec.root_convs < 1:
         raise ScratchDetError(f"the root block needs at least one conv (got {spec.root_convs})")
     if spec.root_kernel < 1 or spec.root_kernel % 2 == 0:
@@ -116,7 +118,7 @@ def resnet(net: NetSpec, data: Top, spec: ResNetSpec) -> list[Source]:
     k = spec.root_kernel
     for i in range(1, spec.root_convs + 1):
         stride = spec.root_stride if i == 1 else 1
-        net[f"stem_{i}"] = conv(x, spec.root_channels, k, stride=stride, pad=k // 2)
+        net[f"stem_{i}"] = conv(x, spec.root_channels, k, stride=stride, pad=k // 2, unit_stride=unit_strides and i == 1)
         x = bn_relu(net[f"stem_{i}"], in_place=True)
     if spec.maxpool:
         net.pool1 = L.Pooling(x, pool="MAX", kernel_size=2, stride=2)
@@ -142,7 +144,7 @@ def resnet(net: NetSpec, data: Top, spec: ResNetSpec) -> list[Source]:
             total, branch = basic_block(net, total, (f"conv{i}_1", f"conv{i}_2"), spec.extra_channels,
                                         extra.stride, preactivate=True, pad=extra.pad,
                                         shortcut="project" if project else "identity",
-                                        shortcut_kernel=extra.shortcut_kernel)
+                                        shortcut_kernel=extra.shortcut_kernel, unit_stride=unit_strides)
             channels_in = spec.extra_channels
             sources.append(Source(f"conv{i}_2", branch))
     else:

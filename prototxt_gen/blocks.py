@@ -22,12 +22,13 @@ _BN_STATS_FROZEN = [{"lr_mult": 0, "decay_mult": 0}] * 3
 
 
 def conv(bottom: Top, num_output: int, kernel: int, stride: int = 1, pad: int = 0, dilation: int = 1,
-         bias: bool = False, filler: dict = XAVIER, lr_mult: float = 1) -> Top:
+         bias: bool = False, filler: dict = XAVIER, lr_mult: float = 1, unit_stride: bool = False) -> Top:
     """A Convolution call. With a bias (nets without BatchNorm): SSD's multipliers, lr 1/decay 1
     for the weights and lr 2/decay 0 for the bias, which starts at 0. Without: ``bias_term: false``
-    and one ``param`` entry, as every conv followed by BatchNorm in the released code."""
+    and one ``param`` entry, as every conv followed by BatchNorm in the released code.
+    ``unit_stride`` writes ``stride: 1`` too (where the authors' scripts pass the stride explicitly)."""
     kw = {"num_output": num_output, "kernel_size": kernel, "pad": pad, "weight_filler": dict(filler)}
-    if stride != 1:
+    if stride != 1 or unit_stride:
         kw["stride"] = stride
     if dilation != 1:
         kw["dilation"] = dilation
@@ -94,7 +95,7 @@ def conv_bn_relu(net: NetSpec, bottom: Top, name: str, num_output: int, kernel: 
 
 def basic_block(net: NetSpec, x: Top, names: tuple[str, str], channels: int, stride: int = 1,
                 preactivate: bool = True, shortcut: str = "identity", pad: int = 1,
-                shortcut_kernel: int = 1) -> tuple[Top, Top]:
+                shortcut_kernel: int = 1, unit_stride: bool = False) -> tuple[Top, Top]:
     """Pre-activation residual BasicBlock as ScratchDet releases it.
 
     ``x`` is the previous raw sum. BatchNorm (new blob)+Scale+ReLU gives ``a`` (skipped for the
@@ -102,12 +103,13 @@ def basic_block(net: NetSpec, x: Top, names: tuple[str, str], channels: int, str
     BatchNorm+Scale+ReLU in place, ``names[1]`` = 3x3/1 conv; the sum adds ``x`` (identity) or a
     bias-free, BatchNorm-free projection conv of ``a`` (``shortcut="project"``, 1x1/stride unless
     ``shortcut_kernel`` says otherwise). Returns (sum, last branch conv): SSD heads read the latter.
+    ``unit_stride`` writes ``names[0]``'s stride also when it is 1 (the released text).
     """
     a = bn_relu(x, in_place=False) if preactivate else x
     short = x
     if shortcut == "project":
         short = conv(a, channels, shortcut_kernel, stride=stride, pad=0)   # unnamed: Convolution<n>
-    net[names[0]] = conv(a, channels, 3, stride=stride, pad=pad)
+    net[names[0]] = conv(a, channels, 3, stride=stride, pad=pad, unit_stride=unit_stride)
     inner = bn_relu(net[names[0]], in_place=True)
     net[names[1]] = conv(inner, channels, 3, pad=1)
     return L.Eltwise(short, net[names[1]]), net[names[1]]

@@ -127,7 +127,7 @@ def _with_profile(variant: Variant, profile) -> Variant:
 def _backbone(net: NetSpec, arch: Arch):
     if arch.vgg is not None:
         return vgg_ssd(net, net.data, arch.vgg)
-    return resnet(net, net.data, arch.resnet)
+    return resnet(net, net.data, arch.resnet, unit_strides=arch.unit_strides)
 
 
 def _priors(variant: Variant, arch: Arch, maps: list[int]) -> PriorSpec:
@@ -179,7 +179,7 @@ def _net(variant: Variant, arch: Arch, priors: PriorSpec, phase: str, data_sourc
     annotated_data(net, phase == "train", data_source, batch, size, size, label_map, variant.data.force_color)
     sources = _backbone(net, arch)
     mbox = multibox_head(net, net.data, sources, variant.data.num_classes, priors, arch.bn_head,
-                         arch.normalizations, small_init=arch.head_small_init)
+                         arch.normalizations, small_init=arch.head_small_init, unit_stride=arch.unit_strides)
     if phase == "train":
         multibox_loss(net, mbox, net.label, variant.data.num_classes, variant.data.use_difficult_gt)
     else:

@@ -63,11 +63,12 @@ def priors_per_location(min_sizes: int, max_sizes: int, aspect_ratios, flip: boo
 
 def multibox_head(net: NetSpec, data: Top, sources: list[Source], num_classes: int, priors: PriorSpec,
                   bn: bool, normalizations: tuple | None = None, kernel: int = 3, pad: int = 1,
-                  lr_mult: float = 1, small_init: bool = False) -> list[Top]:
+                  lr_mult: float = 1, small_init: bool = False, unit_stride: bool = False) -> list[Top]:
     """Returns [mbox_loc, mbox_conf, mbox_priorbox]. ``normalizations[i] != -1`` puts SSD's L2
     Normalize (scale ``normalizations[i]``, per channel) on source i first. Head convs without BN
     have a bias (xavier, bias 0, lr 1/2); with BN they are bias-free, gaussian 0.01 (ConvBNLayer).
-    ``small_init`` gives the biased convs the BN head's gaussian 0.01 weights instead of xavier."""
+    ``small_init`` gives the biased convs the BN head's gaussian 0.01 weights instead of xavier.
+    ``unit_stride`` writes their ``stride: 1`` (SSD's ConvBNLayer passes it; the released text has it)."""
     n = len(sources)
     for what, values in (("min sizes", priors.min_sizes), ("max sizes", priors.max_sizes),
                          ("aspect ratios", priors.aspect_ratios), ("steps", priors.steps)):
@@ -86,11 +87,12 @@ def multibox_head(net: NetSpec, data: Top, sources: list[Source], num_classes: i
         for kind, outputs, bucket in (("loc", per_loc * 4, locs), ("conf", per_loc * num_classes, confs)):
             head = f"{name}_mbox_{kind}"
             if bn:
-                net[head] = conv(top, outputs, kernel, pad=pad, filler=GAUSSIAN_001, lr_mult=lr_mult)
+                net[head] = conv(top, outputs, kernel, pad=pad, filler=GAUSSIAN_001, lr_mult=lr_mult,
+                                 unit_stride=unit_stride)
                 named_bn_relu(net, head, None, style=HEAD, relu=False, lr_mult=lr_mult)
             else:
                 net[head] = conv(top, outputs, kernel, pad=pad, bias=True, lr_mult=lr_mult,
-                                 filler=GAUSSIAN_001 if small_init else XAVIER)
+                                 filler=GAUSSIAN_001 if small_init else XAVIER, unit_stride=unit_stride)
             net[f"{head}_perm"] = L.Permute(net[head], order=[0, 2, 3, 1])
             net[f"{head}_flat"] = L.Flatten(net[f"{head}_perm"], axis=1)
             bucket.append(net[f"{head}_flat"])

@@ -93,6 +93,7 @@ class Arch:
     sources: int = 6
     family: str = ""                # demo family ("rootres" | "vgg") for rebuilding at other sizes
     head_small_init: bool = False   # head convs without BN: gaussian 0.01 weights instead of xavier
+    unit_strides: bool = False      # write stride: 1 where the authors' scripts do (released profile)
 
 
 # -- variants ----------------------------------------------------------------------------------------
@@ -274,7 +275,8 @@ def _scratchdet() -> list[Variant]:
             cell=("Root-ResNet-34 as released: maps 38/19/10/5/5/5 (8892 priors), "
                   + ("BatchNorm in the head (ssd_coco.py)" if coco else "no BatchNorm in the head (ssd_pascal.py)")),
             profile="released",
-            arch=Arch(resnet=root_resnet34(RELEASED_EXTRAS), bn_head=coco, maps=(38, 19, 10, 5, 5, 5)),
+            arch=Arch(resnet=root_resnet34(RELEASED_EXTRAS), bn_head=coco, maps=(38, 19, 10, 5, 5, 5),
+                      unit_strides=True),
             test_batch=2 if coco else 1, debug_info=not coco,
             notes=(_RES34_SOURCES, "layers, fillers and solver as the released scripts (debug_info as "
                    "ssd_pascal.py sets it); data paths, test net and file locations follow this project's "

@@ -159,6 +159,22 @@ def test_released_root_resnet34_layer_names_are_the_scripts():
     assert not any(lp.type == "Normalize" for lp in layers)
 
 
+@pytest.mark.parametrize("variant_id", ["voc07_rootres34_released", "voc12_rootres34_released",
+                                        "coco_rootres34_released", "voc07_rootres34"])
+def test_released_text_writes_stride_1_where_the_scripts_do(variant_id):
+    """The authors' scripts pass the stride explicitly to stem_1, the stride-1 extra blocks' first
+    convs and SSD's head convs (ConvBNLayer), so their files carry ``stride: 1`` on those 15 convs
+    (scratchdet-released-code.md); the paper profile omits the default everywhere."""
+    for name in ("train.prototxt", "deploy.prototxt"):
+        explicit = [lp.name for lp in net(variant_id, name).layer
+                    if lp.type == "Convolution" and list(lp.convolution_param.stride) == [1]]
+        if variant_id.endswith("_released"):
+            sources = ["conv4_12", "conv5_6", "conv6_2", "conv7_2", "conv8_2", "conv9_2"]
+            assert explicit == ["stem_1", "conv8_1", "conv9_1"] + [f"{s}_mbox_{k}" for s in sources for k in ("loc", "conf")]
+        else:
+            assert explicit == []
+
+
 def test_paper_root_resnet34_differs_from_released_only_where_documented():
     paper = train_shapes("voc07_rootres34")
     released = train_shapes("voc07_rootres34_released")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-# file:line tags of the SSD fork tip for the lines log parsers know (spec §5.5)
+# file:line tags of the SSD fork tip for the lines log parsers know (spec §5.5), as its binary prints them
 LOSS = "solver.cpp:243"
 TRAIN_OUTPUT = "solver.cpp:259"
 TESTING = "solver.cpp:433"
@@ -22,11 +22,17 @@ TEST_OUTPUT = "solver.cpp:546"
 LR = "sgd_solver.cpp:138"
 MULTISTEP = "sgd_solver.cpp:46"
 CLIP = "sgd_solver.cpp:93"
-SNAPSHOT_MODEL = "solver.cpp:598"
-SNAPSHOT_STATE = "sgd_solver.cpp:273"
+SNAPSHOT_MODEL = "solver.cpp:596"
+SNAPSHOT_STATE = "sgd_solver.cpp:307"
 RESTORE = "sgd_solver.cpp:287"
-SOLVER = "solver.cpp:48"
-DONE = "solver.cpp:317"
+SOLVER = "solver.cpp:63"
+TRAIN_NET = "solver.cpp:96"
+TEST_NET = "solver.cpp:196"
+SOLVING = "solver.cpp:294"
+LR_POLICY = "solver.cpp:295"
+FINAL_LOSS = "solver.cpp:332"
+DONE = "solver.cpp:337"
+PER_CLASS = "solver.cpp:540"
 MISSING_TP = "solver.cpp:524"
 CAFFE_TOOL = "caffe.cpp:251"
 OURS = "train.py:1"
@@ -67,7 +73,7 @@ def diverged_message(it: int, loss) -> str:
 
 
 # a glog line; time and thread may be missing (logs quoted in Caffe's own docs: "I1203 solver.cpp:84] ...")
-GLOG_RE = re.compile(r"^([IWEF])(\d{4})(?: (\d{2}:\d{2}:\d{2}(?:\.\d+)?))?(?:\s+(\d+))?\s+([^\]\s]+)\]\s?(.*)$")
+GLOG_RE = re.compile(r"^([IWEF])((?:\d{4})?\d{4})(?: (\d{2}:\d{2}:\d{2}(?:\.\d+)?))?(?:\s+(\d+))?\s+([^\]\s]+)\]\s?(.*)$")
 # a number as iostream prints it, or MSVC's 1.#QNAN; the look-ahead rejects a number cut short
 NUM_RE = r"([-+]?\d\.#\w+|[-+]?(?i:nan|inf)\w*|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\d.#eE])"
 # The display line. Forks put a timing note between the iteration and the loss, and some text after:

@@ -29,6 +29,7 @@ from ..caffe.netstate import TEST, TRAIN
 from ..caffe.schema import pb
 from ..errors import ScratchDetError
 from . import glog
+from .debug_info import DebugPass
 from .distributed import Dist, broadcast_from_root, reduce_gradients
 from .fast import FastPath, set_tf32
 from .solver import SGD, LearningRate, check_solver
@@ -181,7 +182,7 @@ def detection_map(rows_per_pass: list[np.ndarray], ap_version: str, log=None, sh
         ap = average_precision(true_pos[label], false_pos[label], num_pos[label], ap_version)
         total += ap
         if show_per_class and log:
-            log("I", glog.TEST_OUTPUT, f"class{label}: {glog.num(ap)}")
+            log("I", glog.PER_CLASS, f"class{label}: {glog.num(ap)}")
     return total / len(num_pos)
 
 
@@ -328,12 +329,12 @@ class Trainer:
         torch.manual_seed(seed)
 
         param, source = train_net_param(sp)
-        self.log.info(glog.SOLVER, f"Creating training net from {source}")
+        self.log.info(glog.TRAIN_NET, f"Creating training net from {source}")
         self.net = build_net(param, TRAIN, sp.train_state, source, seed)
         self.test_nets = []
         if self.dist.is_root:
             for i, (tparam, tsource) in enumerate(test_net_params(sp)):
-                self.log.info(glog.SOLVER, f"Creating test net (#{i}) specified by {tsource}")
+                self.log.info(glog.TEST_NET, f"Creating test net (#{i}) specified by {tsource}")
                 self.test_nets.append(build_net(tparam, TEST, _state(sp.test_state, i), tsource, seed))
         self.fast = fast or FastPath()
         if not self.fast.faithful:
@@ -486,8 +487,8 @@ class Trainer:
         sp = self.sp
         log = self.log
         result = TrainResult("done", self.iter)
-        log.info(glog.SOLVER, f"Solving {self.net_name()}")
-        log.info(glog.SOLVER, f"Learning Rate Policy: {sp.lr_policy}")
+        log.info(glog.SOLVING, f"Solving {self.net_name()}")
+        log.info(glog.LR_POLICY, f"Learning Rate Policy: {sp.lr_policy}")
         old_handlers = self._install_signals()
         start_iter = self.iter
         stop_iter = sp.max_iter
@@ -503,10 +504,15 @@ class Trainer:
                     tick += time.perf_counter() - t0     # the test's time is not training speed
                 loss = 0.0
                 blobs = None
+                # Caffe turns the net's debug_info on for display iterations only
+                debugging = sp.debug_info and bool(sp.display) and self.iter % sp.display == 0
                 for _ in range(sp.iter_size):
-                    blobs = self.net.forward()
+                    debug = DebugPass(self.net, log.log) if debugging else None
+                    blobs = debug.forward() if debug else self.net.forward()
                     total = self.net.total_loss(blobs)
                     total.backward()
+                    if debug:
+                        debug.backward()
                     loss += float(total.detach())
                 loss /= sp.iter_size
                 stop_flag = 1.0 if self._stop_request is not None else 0.0
@@ -558,12 +564,14 @@ class Trainer:
             if result.status == "done":
                 if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot != 0):
                     result.snapshots.append(self.snapshot())
-                if sp.display and self.iter % sp.display == 0 and self.dist.is_root and stop_iter > start_iter:
+                # as Caffe, also when no step was taken (max_iter reached already): this forward
+                # moves BatchNorm's statistics, which the test below then uses
+                if sp.display and self.iter % sp.display == 0 and self.dist.is_root:
                     with torch.no_grad():
                         blobs = self.net.forward()
                         loss = float(self.net.total_loss(blobs))
                     self._update_smoothed(loss, start_iter)
-                    log.info(glog.LOSS, glog.loss_message(self.iter, self._smoothed))
+                    log.info(glog.FINAL_LOSS, glog.loss_message(self.iter, self._smoothed))
                 if sp.test_interval and self.iter % sp.test_interval == 0:
                     result.tests.append((self.iter, self.test_all()))
                 log.info(glog.DONE, "Optimization Done.")
