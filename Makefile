@@ -45,6 +45,10 @@ gen: setup
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@# gpu_check needs a CUDA device: without one its --dry mode runs the same code paths, small
+	@if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		echo "== bench/gpu_check.sh"; bash bench/gpu_check.sh; \
+	else echo "== bench/gpu_check.sh --dry (no CUDA device here)"; bash bench/gpu_check.sh --dry; fi
 
 demo: setup
 	$(SCRATCHDET) run demo
