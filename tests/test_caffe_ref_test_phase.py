@@ -1,14 +1,17 @@
 """Test phase: the solver's ``detection_eval`` of real Caffe against ours (issue 11).
 
-The demo net, generated for a 50-image synthetic set (10 test images, one test batch), starts from
-weights written by our fillers (BatchNorm statistics mean 0 / variance 1, the confidence convs x3
-so the scores spread, the location convs x0.2). The solver (CPU, ``test_initialization: true``,
-``max_iter: 1``, ``show_per_class_result: true``) tests once at iteration 0, before any step, so
-the test net holds exactly the given weights. ``detection_eval`` and the per-class APs must be the
-numbers real Caffe logs, for each ``ap_version``; so must ``scratchdet test`` on the same weights.
-(With ``max_iter: 0`` Caffe runs one display forward of the train net before its final test, which
-moves BatchNorm's statistics; the engine now does the same.) The printed values have 6 digits;
-both engines find the same detections (tests/test_detection_save.py), so the bound is 1e-6.
+A small demo net (``demo_rootres`` at 64x64, width 0.25, 4 detection maps), generated for a
+50-image synthetic set (10 test images, one test batch), starts from weights that real Caffe
+trained (tests/fixtures/caffe_trained_demo_small.npz: 800 iterations of that net on another
+500-image synthetic set, solver_mode CPU, otherwise the generated solver; weights rounded to
+float16, BatchNorm's sums kept in float32, so both engines load the same values). The solver
+(CPU, ``test_initialization: true``, ``max_iter: 1``, ``show_per_class_result: true``) tests once
+at iteration 0, before any step, so the test net holds exactly the given weights.
+``detection_eval`` and the per-class APs must be the numbers real Caffe logs, for each
+``ap_version``; so must ``scratchdet test`` on the same weights. (With ``max_iter: 0`` Caffe runs
+one display forward of the train net before its final test, which moves BatchNorm's statistics;
+the engine now does the same.) The printed values have 6 digits and both engines find the same
+detections (tests/test_detection_save.py), so the bound is 1e-6.
 tests/fixtures/caffe_test_phase_demo.json holds what real Caffe logged, for machines without it.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +35,8 @@ from scratchdet.caffe.schema import pb
 FIXTURE = cp.REPO / "tests" / "fixtures" / "caffe_test_phase_demo.json"
 AP_VERSIONS = ("11point", "MaxIntegral", "Integral")
 MODEL = "models/synthetic/demo_rootres"
+WEIGHTS = cp.REPO / "tests" / "fixtures" / "caffe_trained_demo_small.npz"
+SMALL = ["--set", "input_size=64", "--set", "width=0.25", "--set", "sources=4"]
 
 
 def scores(log: str) -> dict[str, float]:
@@ -57,17 +63,12 @@ def root(tmp_path_factory) -> Path:
     scratchdet = [sys.executable, "-m", "scratchdet"]
     cp.run(scratchdet + ["data", "synthetic", "--out", "data/synthetic", "--images", "50", "--seed", "0",
                          "--lmdb", "data/lmdb", "--quiet"], root)
-    cp.run(scratchdet + ["gen", "demo_rootres", "--out", "models", "--set", "num_test_image=10"], root)
+    cp.run(scratchdet + ["gen", "demo_rootres", "--out", "models", "--set", "num_test_image=10", *SMALL], root)
     net = Net(io.read_net(root / MODEL / "deploy.prototxt"), TEST, source="deploy")
-    net.fill(7)
+    trained = np.load(WEIGHTS)
     with torch.no_grad():
         for p in net.params():
-            if net.layer(p.layer).lp.type == "BatchNorm":
-                p.tensor.fill_((0.0, 1.0, 1.0)[p.index])
-            elif "mbox_conf" in p.layer:
-                p.tensor.mul_(3.0)
-            elif "mbox_loc" in p.layer:
-                p.tensor.mul_(0.2)
+            p.tensor.copy_(torch.from_numpy(trained[f"{p.layer}/{p.index}"].astype(np.float32)).reshape(p.tensor.shape))
     save_caffemodel(net, root / "init.caffemodel")
     for version in AP_VERSIONS:
         sp = io.read_solver(root / MODEL / "solver.prototxt")
