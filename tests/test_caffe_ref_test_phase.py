@@ -86,8 +86,7 @@ def root(tmp_path_factory) -> Path:
 def _ours(root: Path, version: str) -> dict[str, float]:
     log = root / f"ours_{version}.log"
     if not log.is_file():          # one run per version serves both comparisons
-        cp.run([sys.executable, "-m", "scratchdet", "train", "--solver", f"solver_{version}.prototxt",
-                "--weights", "init.caffemodel", "--gpu", "cpu", "--log", str(log)], root)
+        cp.train_here(root, f"solver_{version}.prototxt", "init.caffemodel", log)
     return scores(log.read_text())
 
 
