@@ -16,6 +16,7 @@ tests/fixtures/caffe_test_phase_demo.json holds what real Caffe logged, for mach
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -123,3 +124,48 @@ def test_solver_test_matches_real_caffe(root, caffe_bin):
         _assert_same(_ours(root, version), theirs, f"ap_version {version}")
     if os.environ.get("SCRATCHDET_RECORD") == "1":
         FIXTURE.write_text(json.dumps(recorded, indent=1) + "\n")
+
+
+# -- debug_info in the test pass: Caffe's test nets print their forward lines too ---------------------
+
+DEBUG_FIXTURE = cp.REPO / "tests" / "fixtures" / "caffe_test_phase_debug_info.txt.gz"
+
+
+def _test_pass_lines(log: str) -> list[tuple[str, str]]:
+    """The debug lines between 'Testing net' and the first 'Test net output'."""
+    from test_caffe_ref_debug_info import first_pass
+    start = log.index("Testing net (#0)")
+    end = log.index("Test net output #0", start)
+    return first_pass(log[start:end])
+
+
+def _debug_solver(root: Path) -> str:
+    sp = io.read_solver(root / "solver_11point.prototxt")
+    sp.debug_info = True
+    io.write_text(sp, root / "solver_debug.prototxt")
+    return "solver_debug.prototxt"
+
+
+def test_test_pass_debug_lines_match_recorded_caffe(root):
+    from test_caffe_ref_debug_info import assert_same_lines
+    solver = _debug_solver(root)
+    ours = _test_pass_lines(cp.train_here(root, solver, "init.caffemodel", root / "ours_debug.log"))
+    theirs = _test_pass_lines(gzip.decompress(DEBUG_FIXTURE.read_bytes()).decode())
+    assert len(theirs) > 200
+    assert_same_lines(ours, theirs)
+
+
+@pytest.mark.caffe_ref
+def test_test_pass_debug_lines_match_real_caffe(root, caffe_bin):
+    from test_caffe_ref_debug_info import assert_same_lines
+    solver = _debug_solver(root)
+    log = cp.run([caffe_bin, "train", f"--solver={solver}", "--weights=init.caffemodel"], root).stderr
+    theirs = _test_pass_lines(log)
+    if os.environ.get("SCRATCHDET_RECORD") == "1":
+        start = log.index("Testing net (#0)")
+        end = log.index("\n", log.index("Test net output #0", start))
+        head = ("# real SSD Caffe (ssd 4817bf8b, CPU) `caffe train --solver solver_debug.prototxt --weights "
+                "init.caffemodel` as tests/test_caffe_ref_test_phase.py sets it up: its test pass at iteration 0\n")
+        DEBUG_FIXTURE.write_bytes(gzip.compress((head + "I " + log[start:end] + "\n").encode(), mtime=0))
+    ours = _test_pass_lines(cp.train_here(root, solver, "init.caffemodel", root / "ours_debug.log"))
+    assert_same_lines(ours, theirs)
