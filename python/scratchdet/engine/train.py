@@ -524,8 +524,10 @@ class Trainer:
                 # as Caffe, also when no step was taken (max_iter reached already): this forward
                 # moves BatchNorm's statistics, which the test below then uses
                 if sp.display and self.iter % sp.display == 0 and self.dist.is_root:
+                    # Caffe's net keeps the debug_info flag of the last step for this forward
+                    last_debug = sp.debug_info and stop_iter > start_iter and (self.iter - 1) % sp.display == 0
                     with torch.no_grad():
-                        blobs = self.net.forward()
+                        blobs = DebugPass(self.net, log.log).forward() if last_debug else self.net.forward()
                         loss = float(self.net.total_loss(blobs))
                     self._update_smoothed(loss, start_iter)
                     log.info(glog.FINAL_LOSS, f"Iteration {self.iter}, loss = {glog.num(self._smoothed)}")
