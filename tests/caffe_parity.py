@@ -4,8 +4,9 @@ A net from the project's generators is set up so that both engines see the same 
 train data layer loses its augmentation (no distort, expand or crop samplers, one interp_mode, no
 mirror; the one empty ``batch_sampler`` left is the test layer's identity crop), the batch is
 small, and a solver trains it from one initial ``.caffemodel`` that our engine wrote, snapshotting
-every iteration. ``run_caffe`` / ``run_ours`` train it and ``read_run`` gives the per-iteration
-losses and every blob (weights, BatchNorm's three blobs, the solver's history) after each step.
+every iteration. ``run_caffe`` / ``run_ours`` train it; ``losses`` reads the per-iteration losses
+from the log and ``blobs_after`` / ``run_digests`` every blob (weights, BatchNorm's three blobs, the
+solver's history) after a step.
 """
 from __future__ import annotations
 
@@ -202,13 +203,6 @@ def initial_blobs(root: Path, name: str) -> dict[str, np.ndarray]:
     model = read_caffemodel(root / name / "init.caffemodel")
     return {f"{lp.name}/{k}": blob_to_array(b).astype(np.float32).reshape(-1)
             for lp in model.layer for k, b in enumerate(lp.blobs)}
-
-
-def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| over max |b| (0 when both are all zero)."""
-    scale = float(np.abs(b).max()) if b.size else 0.0
-    diff = float(np.abs(a - b).max()) if a.size else 0.0
-    return diff / scale if scale > 0 else diff
 
 
 # -- digests: what the fixture keeps of each blob ------------------------------------------------------
