@@ -5,8 +5,9 @@ batch size 1 and a few layers whose ``debug_info`` lines carry the numbers (each
 mean absolute value): per channel, the pixel mean (Scale by 1 plus 1000, so the value is positive)
 and the mean square (Eltwise PROD of the channel with itself); per box, the width x height area and
 the width / height aspect (Slice of the label's columns, Eltwise); the box count as 1 / the mean of
-a Softmax over the boxes of a zero column; and whether the sample has no box (its one label row
-is -1). A Silence layer takes them all, so the net has no output that the solver would print
+a Softmax over the boxes of a zero column; whether the sample has no box (its one label row
+is -1); and the share of values exactly 0 after mean subtraction (AbsVal, Threshold 0), which is
+the mean-filled canvas of an expanded sample (about 1 - 1/ratio^2 of it) and ~0.4 % otherwise. A Silence layer takes them all, so the net has no output that the solver would print
 element by element. Our side runs the same data layer (same prototxt) and computes the same numbers with numpy.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from scratchdet.caffe import io
 from scratchdet.caffe.schema import pb
 
-STATS = ("count", "empty", "area", "aspect", "mean0", "mean1", "mean2", "sq0", "sq1", "sq2")
+STATS = ("count", "empty", "area", "aspect", "zero", "mean0", "mean1", "mean2", "sq0", "sq1", "sq2")
 
 _TAIL = """
 layer { name: "ch" type: "Slice" bottom: "data" top: "c0" top: "c1" top: "c2" slice_param { axis: 1 } }
@@ -34,8 +35,10 @@ layer { name: "area" type: "Eltwise" bottom: "w" bottom: "h" top: "area" eltwise
 layer { name: "zero" type: "Scale" bottom: "l1" top: "zero" param { lr_mult: 0 } param { lr_mult: 0 }
         scale_param { filler { value: 0 } bias_term: true bias_filler { value: 0 } } }
 layer { name: "count" type: "Softmax" bottom: "zero" top: "count" softmax_param { axis: 2 } }
+layer { name: "absd" type: "AbsVal" bottom: "data" top: "absd" }
+layer { name: "nz" type: "Threshold" bottom: "absd" top: "nz" threshold_param { threshold: 0 } }
 layer { name: "quiet" type: "Silence" bottom: "m0" bottom: "m1" bottom: "m2" bottom: "s0" bottom: "s1" bottom: "s2"
-        bottom: "area" bottom: "count" bottom: "l0" bottom: "l2" bottom: "l7" }
+        bottom: "area" bottom: "count" bottom: "l0" bottom: "l2" bottom: "l7" bottom: "nz" }
 """
 _CHANNEL = """layer { name: "m%(k)d" type: "Scale" bottom: "c%(k)d" top: "m%(k)d" param { lr_mult: 0 } param { lr_mult: 0 }
         scale_param { filler { value: 1 } bias_term: true bias_filler { value: 1000 } } }
@@ -53,6 +56,8 @@ def stats_net(train_prototxt: Path, source: str, out: Path) -> None:
     head.layer.append(data)
     tail = _TAIL % {"channels": "\n".join(_CHANNEL % {"k": k} for k in range(3))}
     out.write_text(io.to_text(head) + tail)
+    # the data layer alone, for our side (the read-out layers are Caffe's, Threshold is not ours)
+    out.with_name(out.stem + "_data.prototxt").write_text(io.to_text(head))
 
 
 def solver(net: str, iterations: int, seed: int, out: Path) -> None:
@@ -89,6 +94,7 @@ def from_caffe_log(text: str) -> dict[str, np.ndarray]:
         out["count"].append(0.0 if empty else float(round(1.0 / r["count"])))   # 1/G printed to 6 digits
         out["area"].append(math.nan if empty else r["area"])
         out["aspect"].append(math.nan if empty else r["w"] / r["h"])
+        out["zero"].append(1.0 - r["nz"])
         for k in range(3):
             out[f"mean{k}"].append(r[f"m{k}"] - 1000.0)
             out[f"sq{k}"].append(r[f"s{k}"])
@@ -96,14 +102,16 @@ def from_caffe_log(text: str) -> dict[str, np.ndarray]:
 
 
 def from_ours(root: Path, net_path: str, iterations: int, seed: int) -> dict[str, np.ndarray]:
-    """The same statistics from our AnnotatedData layer (the first layer of the same net)."""
+    """The same statistics from our AnnotatedData layer (``net_path``'s data layer, which
+    ``stats_net`` also wrote alone)."""
     import torch
     from scratchdet.caffe.netstate import TRAIN
     from scratchdet.engine.net import Net
     from scratchdet.engine.train import data_layers
     out = {k: [] for k in STATS}
+    data_net = str(Path(net_path).with_name(Path(net_path).stem + "_data.prototxt"))
     with contextlib.chdir(root):
-        net = Net(io.read_net(net_path), TRAIN, source=net_path, seed=seed)
+        net = Net(io.read_net(data_net), TRAIN, source=data_net, seed=seed)
         layer = data_layers(net)[0]
         layer.configure(seed=seed, workers=0)
         with torch.no_grad():
@@ -117,6 +125,7 @@ def from_ours(root: Path, net_path: str, iterations: int, seed: int) -> dict[str
                 w, h = boxes[:, 5] - boxes[:, 3], boxes[:, 6] - boxes[:, 4]
                 out["area"].append(math.nan if empty else float(np.mean(np.abs(w * h))))
                 out["aspect"].append(math.nan if empty else float(np.mean(np.abs(w)) / np.mean(np.abs(h))))
+                out["zero"].append(float(np.mean(data == 0)))
                 for k in range(3):
                     out[f"mean{k}"].append(float(data[0, k].mean()))
                     out[f"sq{k}"].append(float((data[0, k].astype(np.float64) ** 2).mean()))

@@ -4,8 +4,9 @@ A net from the project's generators is set up so that both engines see the same 
 train data layer loses its augmentation (no distort, expand or crop samplers, one interp_mode, no
 mirror; the one empty ``batch_sampler`` left is the test layer's identity crop), the batch is
 small, and a solver trains it from one initial ``.caffemodel`` that our engine wrote, snapshotting
-every iteration. ``run_caffe`` / ``run_ours`` train it and ``read_run`` gives the per-iteration
-losses and every blob (weights, BatchNorm's three blobs, the solver's history) after each step.
+every iteration. ``run_caffe`` / ``run_ours`` train it; ``losses`` reads the per-iteration losses
+from the log and ``blobs_after`` / ``run_digests`` every blob (weights, BatchNorm's three blobs, the
+solver's history) after a step.
 """
 from __future__ import annotations
 
@@ -154,10 +155,21 @@ def run_caffe(caffe_bin: str, root: Path, name: str) -> str:
     return r.stderr
 
 
-def run_ours(root: Path, name: str, extra=()) -> str:
-    log = root / name / "ours" / "train.log"
-    run([sys.executable, "-m", "scratchdet", "train", "--solver", f"{name}/solver_ours.prototxt",
-         "--weights", f"{name}/init.caffemodel", "--gpu", "cpu", "--log", str(log), *extra], root)
+def run_ours(root: Path, name: str) -> str:
+    """Our trainer on the same solver, in this process (no interpreter start-up per run) with the
+    data read in the main process; returns its log."""
+    return train_here(root, f"{name}/solver_ours.prototxt", f"{name}/init.caffemodel", root / name / "ours" / "train.log")
+
+
+def train_here(root: Path, solver: str, weights: str, log: Path) -> str:
+    from scratchdet.engine.train import Trainer
+    with contextlib.chdir(root):
+        trainer = Trainer(solver, weights=weights, log_path=log, quiet=True, workers=0)
+        try:
+            result = trainer.solve()
+        finally:
+            trainer.close()
+    assert result.status == "done", result
     return log.read_text()
 
 
@@ -191,13 +203,6 @@ def initial_blobs(root: Path, name: str) -> dict[str, np.ndarray]:
     model = read_caffemodel(root / name / "init.caffemodel")
     return {f"{lp.name}/{k}": blob_to_array(b).astype(np.float32).reshape(-1)
             for lp in model.layer for k, b in enumerate(lp.blobs)}
-
-
-def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| over max |b| (0 when both are all zero)."""
-    scale = float(np.abs(b).max()) if b.size else 0.0
-    diff = float(np.abs(a - b).max()) if a.size else 0.0
-    return diff / scale if scale > 0 else diff
 
 
 # -- digests: what the fixture keeps of each blob ------------------------------------------------------

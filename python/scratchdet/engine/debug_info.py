@@ -17,12 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import glog
-
-FORWARD_TOP = "net.cpp:608"
-FORWARD_PARAM = "net.cpp:620"
-BACKWARD_BOTTOM = "net.cpp:636"
-BACKWARD_PARAM = "net.cpp:647"
-NORMS = "net.cpp:736"
+from .glog import BACKWARD_BOTTOM, BACKWARD_PARAM, FORWARD_PARAM, FORWARD_TOP, NORMS
 
 
 def _mean_abs(t) -> float:

@@ -35,6 +35,12 @@ DONE = "solver.cpp:337"
 PER_CLASS = "solver.cpp:540"
 MISSING_TP = "solver.cpp:524"
 CAFFE_TOOL = "caffe.cpp:251"
+# debug_info lines (Net::ForwardDebugInfo / BackwardDebugInfo and the all-params norms)
+FORWARD_TOP = "net.cpp:608"
+FORWARD_PARAM = "net.cpp:620"
+BACKWARD_BOTTOM = "net.cpp:636"
+BACKWARD_PARAM = "net.cpp:647"
+NORMS = "net.cpp:736"
 OURS = "train.py:1"
 
 

@@ -231,11 +231,12 @@ def _check_name_sizes(net, images: int) -> None:
 
 def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str = "11point",
              log=None, show_per_class: bool = False, compute_loss: bool = False,
-             progress: bool = False) -> dict[str, float]:
+             progress: bool = False, debug_info: bool = False) -> dict[str, float]:
     """Run ``net`` (TEST phase) ``iterations`` times from the start of its data and score it:
     mAP per width-5 output (eval_type "detection") or the mean of every output element
     ("classification", as Solver::Test). Returns {output name: value} in output order; with ``log``
-    also logs ``Test loss`` (``compute_loss``) and the ``Test net output`` lines as the solver does."""
+    also logs ``Test loss`` (``compute_loss``) and the ``Test net output`` lines as the solver does,
+    and with ``debug_info`` each pass's forward debug lines (Caffe's test nets print them too)."""
     for layer in data_layers(net):
         layer.seek(0)
     _check_name_sizes(net, distinct_test_images(net, iterations))
@@ -249,7 +250,7 @@ def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str
         steps = tqdm(steps, desc="test", unit="batch", leave=False)
     blobs = None
     for _ in steps:
-        blobs = net.forward()
+        blobs = DebugPass(net, log).forward() if debug_info and log else net.forward()
         if compute_loss:
             loss_total += float(net.total_loss(blobs))
         for name in outputs:
@@ -430,7 +431,7 @@ class Trainer:
             share_trained_layers(self.net, net)
             out = run_test(net, self.sp.test_iter[j], self.sp.eval_type, self.sp.ap_version,
                            log=self.log.log, show_per_class=self.sp.show_per_class_result,
-                           compute_loss=self.sp.test_compute_loss)
+                           compute_loss=self.sp.test_compute_loss, debug_info=self.sp.debug_info)
             for name, value in out.items():
                 results[name if len(self.test_nets) == 1 else f"{name}#{j}"] = value
         return results
@@ -567,8 +568,10 @@ class Trainer:
                 # as Caffe, also when no step was taken (max_iter reached already): this forward
                 # moves BatchNorm's statistics, which the test below then uses
                 if sp.display and self.iter % sp.display == 0 and self.dist.is_root:
+                    # Caffe's net keeps the debug_info flag of the last step for this forward
+                    last_debug = sp.debug_info and stop_iter > start_iter and (self.iter - 1) % sp.display == 0
                     with torch.no_grad():
-                        blobs = self.net.forward()
+                        blobs = DebugPass(self.net, log.log).forward() if last_debug else self.net.forward()
                         loss = float(self.net.total_loss(blobs))
                     self._update_smoothed(loss, start_iter)
                     log.info(glog.FINAL_LOSS, glog.loss_message(self.iter, self._smoothed))
