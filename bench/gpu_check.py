@@ -95,7 +95,9 @@ def trainer_for(cfg, tmp, db, device, fast_spec: str, workers: int, quiet_log: s
 def cached_batches(cfg, db, device, count: int = 2):
     """``count`` batches of the model's data layer (seed 0), on ``device``: the in-memory feed."""
     layer = data_layer(cfg, db, workers=0)
-    out = [tuple(t.to(device) for t in layer.forward()) for _ in range(count)]
+    # as the layer hands them to the net: the label blob stays on the host (see host_tops)
+    out = [tuple(t if k in layer.host_tops else t.to(device) for k, t in enumerate(layer.forward()))
+           for _ in range(count)]
     layer.close()
     return out
 
