@@ -35,7 +35,8 @@ from scratchdet.caffe.netstate import TEST, TRAIN, filter_net
 from scratchdet.caffe.schema import pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import feed_from_memory, make_lmdb  # noqa: E402  (shared with the CPU bench)
+from bench_forward import calibrate_batchnorm  # noqa: E402  (shared with the CPU benches)
+from bench_train import feed_from_memory, make_lmdb  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = dict(model="models/VOC0712/voc07_rootres34", batch=32, warmup=2, iters=10, images=96,
@@ -212,7 +213,9 @@ def row_infer(cfg, tmp, device, batch: int, images, fast_spec: str = "") -> dict
         if lp.type == "Input":
             for shape in lp.input_param.shape:
                 shape.dim[0] = batch
-    net = Net(net_param, TEST, seed=0).to(device).eval()
+    net = Net(net_param, TEST, seed=0)
+    calibrate_batchnorm(net, images[:4].float().cpu())   # finite statistics: real detections, not NaN
+    net = net.to(device).eval()
     spec = fast_spec.replace("compile", f"compile={cfg['compile_backend']}") if fast_spec else ""
     fast = FastPath.parse(spec)
     if device.type == "cuda":
