@@ -80,7 +80,7 @@ def calibrate_batchnorm(net, x: torch.Tensor) -> None:
     for layer in bns:
         layer.use_global_stats = True
         if not (torch.isfinite(layer.mean_sum).all() and torch.isfinite(layer.var_sum).all()):
-            raise SystemExit(f"layer {layer.name}: calibration gave non-finite statistics")
+            raise RuntimeError(f"layer {layer.name}: calibration gave non-finite statistics")
 
 
 def main() -> int:

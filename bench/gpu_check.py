@@ -35,7 +35,8 @@ from scratchdet.caffe.netstate import TEST, TRAIN, filter_net
 from scratchdet.caffe.schema import pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import feed_from_memory, make_lmdb  # noqa: E402  (shared with the CPU bench)
+from bench_forward import calibrate_batchnorm  # noqa: E402  (shared with the CPU benches)
+from bench_train import feed_from_memory, make_lmdb  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = dict(model="models/VOC0712/voc07_rootres34", batch=32, warmup=2, iters=10, images=96,
@@ -95,7 +96,9 @@ def trainer_for(cfg, tmp, db, device, fast_spec: str, workers: int, quiet_log: s
 def cached_batches(cfg, db, device, count: int = 2):
     """``count`` batches of the model's data layer (seed 0), on ``device``: the in-memory feed."""
     layer = data_layer(cfg, db, workers=0)
-    out = [tuple(t.to(device) for t in layer.forward()) for _ in range(count)]
+    # as the layer hands them to the net: the label blob stays on the host (see host_tops)
+    out = [tuple(t if k in layer.host_tops else t.to(device) for k, t in enumerate(layer.forward()))
+           for _ in range(count)]
     layer.close()
     return out
 
@@ -210,7 +213,9 @@ def row_infer(cfg, tmp, device, batch: int, images, fast_spec: str = "") -> dict
         if lp.type == "Input":
             for shape in lp.input_param.shape:
                 shape.dim[0] = batch
-    net = Net(net_param, TEST, seed=0).to(device).eval()
+    net = Net(net_param, TEST, seed=0)
+    calibrate_batchnorm(net, images[:4].float().cpu())   # finite statistics: real detections, not NaN
+    net = net.to(device).eval()
     spec = fast_spec.replace("compile", f"compile={cfg['compile_backend']}") if fast_spec else ""
     fast = FastPath.parse(spec)
     if device.type == "cuda":

@@ -350,6 +350,7 @@ class Trainer:
                 layer.device = self.device
                 layer.configure(seed=seed, rank=self.dist.rank, world=self.dist.world, workers=workers)
 
+        self._share_cores_with_workers()
         for j, net in enumerate(self.test_nets):
             self._check_test_coverage(j, net)
         self.sgd = SGD(self.net.params(), sp)
@@ -366,6 +367,21 @@ class Trainer:
         self._smoothed = 0.0
         self._stop_request: str | None = None
         self._hup_request = False
+
+    def _share_cores_with_workers(self) -> None:
+        """On the CPU, torch's own threads and the data workers share the cores: with more busy
+        threads than cores, torch's spinning threads wait on each other and a step takes several
+        times longer. Unless OMP_NUM_THREADS says otherwise, torch keeps the cores the workers leave."""
+        if self.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+            return
+        workers = max((layer.workers for layer in data_layers(self.net)), default=0)
+        if workers <= 0:
+            return
+        threads = max(1, (os.cpu_count() or 1) - workers)
+        if threads < torch.get_num_threads():
+            self._torch_threads = torch.get_num_threads()       # close() gives them back
+            torch.set_num_threads(threads)
+            self.log.info(glog.OURS, f"{threads} torch thread(s) beside {workers} data worker(s) on {os.cpu_count()} cores")
 
     def _check_test_coverage(self, j: int, net) -> None:
         """Each test pass starts at the first record; say when test_iter x batch is not one pass."""
@@ -597,6 +613,9 @@ class Trainer:
         for net in [self.net] + self.test_nets:
             for layer in data_layers(net):
                 layer.close()
+        if getattr(self, "_torch_threads", None):
+            torch.set_num_threads(self._torch_threads)
+            self._torch_threads = None
         self.log.close()
 
 
