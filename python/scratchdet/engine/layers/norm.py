@@ -75,8 +75,9 @@ class BatchNorm(Layer):
         return (self._train_forward(x).reshape(shape),)
 
     def _train_forward(self, x, weight=None, bias=None):
-        mean = torch.zeros(self.channels, dtype=torch.float32, device=x.device)
-        var = torch.zeros(self.channels, dtype=torch.float32, device=x.device)
+        # the statistics' dtype (float32, float64 after .double()), not x's: under autocast x may be bf16
+        mean = torch.zeros(self.channels, dtype=self.mean_sum.dtype, device=x.device)
+        var = torch.zeros(self.channels, dtype=self.mean_sum.dtype, device=x.device)
         y = F.batch_norm(x, mean, var, weight, bias, training=True, momentum=1.0, eps=self.eps)
         with torch.no_grad():
             self.factor.mul_(self.maf).add_(1.0)
