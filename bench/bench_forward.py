@@ -1,5 +1,7 @@
-"""Forward time per image (batch 1 and 8) of a deploy net on this machine: our engine vs OpenCV dnn on
-the same prototxt and caffemodel, and our interpreter vs the same layer modules called directly.
+"""Forward time per image (batch 1 and 8) of a deploy net on this machine: our engine (as written, and
+with BatchNorm/Scale/ReLU folded into the convolutions as `scratchdet detect` / `test` run it) vs
+OpenCV dnn on the same prototxt and caffemodel, and our interpreter vs the same layer modules called
+directly.
 
     .venv/bin/python bench/bench_forward.py [--model models/VOC0712/voc07_rootres34/deploy.prototxt]
         [--iterations 5] [--batches 1,8] [--threads N] [--gpu cpu|0]
@@ -98,6 +100,7 @@ def main() -> int:
     from scratchdet.caffe import io
     from scratchdet.caffe.netstate import TEST
     from scratchdet.engine.caffemodel import save_caffemodel
+    from scratchdet.engine.fold import fold
     from scratchdet.engine.net import Net
     from scratchdet.engine.timing import device_of
 
@@ -115,7 +118,9 @@ def main() -> int:
     chw = tuple(data_layer.shapes[0][1:])
     rng = np.random.default_rng(0)
     calibrate_batchnorm(net, torch.from_numpy(rng.uniform(-128, 128, (4,) + chw).astype(np.float32)))
+    folded = fold(net)       # a new net: the unfolded one is timed too
     net.to(device)
+    folded.to(device)
     name = data_layer.lp.top[0]
     plan, size = direct_plan(net)
     slot = next(tops[0] for layer, _, tops in plan if layer is data_layer)
@@ -141,13 +146,18 @@ def main() -> int:
         x = rng.uniform(-128, 128, (batch,) + chw).astype(np.float32)
         xt = torch.from_numpy(x).to(device)
         feed = {slot: xt}
-        results: dict[str, list[float]] = {"ours": [], "direct": [], "cv": []}
+        results: dict[str, list[float]] = {"ours": [], "folded": [], "direct": [], "cv": []}
         counts: dict[str, int] = {}
 
         def ours():
             with torch.no_grad():
                 out = net.forward({name: xt})[out_name]
             counts["ours"] = int((out.reshape(-1, 7)[:, 1] >= 0).sum())
+
+        def ours_folded():
+            with torch.no_grad():
+                out = folded.forward({name: xt})[out_name]
+            counts["folded"] = int((out.reshape(-1, 7)[:, 1] >= 0).sum())
 
         def direct():
             with torch.no_grad():
@@ -158,7 +168,7 @@ def main() -> int:
             out = cv.forward()
             counts["cv"] = int((out.reshape(-1, 7)[:, 1] >= 0).sum())
 
-        engines = [("ours", ours), ("direct", direct)] + ([("cv", cv_forward)] if cv is not None else [])
+        engines = [("ours", ours), ("folded", ours_folded), ("direct", direct)] + ([("cv", cv_forward)] if cv is not None else [])
         for _, fn in engines:          # warm-up
             fn()
             sync()
@@ -169,14 +179,16 @@ def main() -> int:
                 sync()
                 results[key].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) / batch for k, v in results.items() if v}
-        labels = {"ours": "scratchdet Net.forward", "direct": "same layers, direct calls",
+        labels = {"ours": "scratchdet Net.forward", "folded": "scratchdet, BN/Scale/ReLU folded",
+                  "direct": "same layers, direct calls",
                   "cv": f"OpenCV dnn {cv2.__version__} (CPU)"}
         for key in med:
             det = counts.get(key)
             print(f"{batch:>5} {labels[key]:<34} {med[key] * 1000:>10.1f} {1 / med[key]:>10.2f} "
                   f"{'' if det is None else det:>10}")
         if "cv" in med:
-            print(f"{batch:>5} ratio ours / OpenCV: {med['ours'] / med['cv']:.2f}")
+            print(f"{batch:>5} ratio ours / OpenCV: {med['ours'] / med['cv']:.2f}  "
+                  f"folded / OpenCV: {med['folded'] / med['cv']:.2f}")
         print(f"{batch:>5} interpreter overhead (Net.forward vs direct calls): "
               f"{(med['ours'] - med['direct']) / med['direct'] * 100:+.1f}%")
     tmp.cleanup()
