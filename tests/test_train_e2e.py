@@ -1,19 +1,15 @@
 """End to end on the synthetic set, through the commands a user types: `scratchdet data synthetic`,
 `scratchdet gen`, `scratchdet train` (CPU). The small ScratchDet variant (demo_rootres) must learn:
-its displayed loss falls to at most 0.65 of the first, and its VOC07 mAP@0.5 (11-point, as the
-solver reports it on the held-out images) reaches 0.05 (an untrained net scores near 0). The same
+its displayed loss falls to at most 0.55 of the first, and its VOC07 mAP@0.5 (11-point, as the
+solver reports it on the held-out images) reaches 0.3 (an untrained net scores near 0). The same
 net without BatchNorm at lr 0.05 and no warm-up must blow up and be reported as NAN.
 
-Why these bounds and not "mAP >= 0.5": 800 iterations are early in training, and the final mAP
-depends on the seed and on any change of float rounding (lr 0.01 without BatchNorm in the head is
-close to where this net diverges: 0.02 does, and a loss spike early on sets a run back). Measured
-with Caffe's JPEG round trips on: seeds 1/2/3 on 2 CPU cores 0.290 / 0.639 / 0.133; seeds 1-6 on a
-GPU 0.187 / 0.247 / 0.344 / 0.466 / 0.285 / 0.266; seed 1 on 2 CPU cores with torch kept to one
-thread beside the data worker (the same arithmetic, another summation order) 0.073. The loss ratio
-was 0.45-0.57 in all of them.
+The bounds leave room for float rounding, which changes a run's path: at the demo's lr 0.005 seeds
+1/2/3 gave 0.647 / 0.625 / 0.614 and a loss ratio of 0.38-0.40 on 2 CPU cores. (At lr 0.01, the
+earlier default, ten runs spread from 0.07 to 0.64: README, "make demo".)
 
 Both runs work in a temporary folder laid out like the repository root (data/, models/, runs/).
-The demo run takes three to eight minutes on a 2-core CPU (800 iterations at 128x128, batch 16); the
+The demo run takes two to four minutes on a 2-core CPU (800 iterations at 128x128, batch 16); the
 time is printed, not asserted (bench/bench_train.py reports training speed)."""
 import os
 import re
@@ -31,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRATCHDET = [sys.executable, "-m", "scratchdet"]
 DEMO = "demo_rootres"
 NO_BN = "demo_table1_bn-none_lr0.05"
-MAP_TARGET = 0.05
-LOSS_RATIO = 0.65
+MAP_TARGET = 0.3
+LOSS_RATIO = 0.55
 
 
 def run(args, cwd, timeout=3600):     # a hang guard only: runs are bounded by iterations
