@@ -1,4 +1,9 @@
-"""The one exception type users see: a one-line message naming the file, record or field."""
+"""The one exception type users see (a one-line message naming the file, record or field), and the
+exit statuses the commands share."""
+
+EXIT_BAD_INPUT = 2        # a ScratchDetError: bad input or an impossible request
+EXIT_DIVERGED = 3         # training stopped on a non-finite loss (recorded as NAN, as the paper's Table 1)
+EXIT_INTERRUPTED = 130    # Ctrl-C (128 + SIGINT)
 
 
 class ScratchDetError(Exception):

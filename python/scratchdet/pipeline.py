@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ScratchDetError
+from .errors import EXIT_DIVERGED, ScratchDetError
 
 LMDB_DIR = "data/lmdb"
 VOC_URLS = (
@@ -166,9 +166,6 @@ def _solver_outputs(solver_path: str) -> tuple[str, int]:
 SAMPLE_IMAGES = "{sample_test_images}"   # expanded when the command runs (the data set exists by then)
 DEMO_SAMPLES = 6
 DEMO_IMAGES = 1500                         # the synthetic set the demo nets are generated for (300 held out)
-# scratchdet train's exit status when the loss became non-finite (engine.train.EXIT_DIVERGED; not
-# imported: that module pulls in torch, and `scratchdet run` must stop at once when data are missing)
-EXIT_DIVERGED = 3
 
 
 def paper_config_difference(variant_id: str) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..caffe import io
 from ..engine import distributed as D
 from ..engine import glog
-from ..errors import ScratchDetError
+from ..errors import EXIT_DIVERGED, ScratchDetError
 
 
 
@@ -130,7 +130,6 @@ def train(args) -> int:
     rc, diverged = run_caffe(cmd, log_path, getattr(args, "quiet", False), append=bool(args.snapshot))
     if diverged:
         print("scratchdet train: training diverged (non-finite loss); recorded as NAN", file=sys.stderr)
-        from ..engine.train import EXIT_DIVERGED
         return EXIT_DIVERGED
     if rc != 0:
         raise ScratchDetError(f"caffe train exited with status {rc}" + (f" (log: {log_path})" if log_path else ""))

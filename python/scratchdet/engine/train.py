@@ -27,15 +27,12 @@ from google.protobuf import text_format
 from ..caffe import io
 from ..caffe.netstate import TEST, TRAIN
 from ..caffe.schema import pb
-from ..errors import ScratchDetError
+from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, ScratchDetError
 from . import glog
 from .debug_info import DebugPass
 from .distributed import Dist, broadcast_from_root, reduce_gradients
 from .fast import FastPath, set_tf32
 from .solver import SGD, LearningRate, check_solver
-
-EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 130
 
 
 @dataclass
