@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from scratchdet.errors import ScratchDetError
-from scratchdet.eval import ap
+from scratchdet import ap
 
 
 def pairs(flags, scores=None):

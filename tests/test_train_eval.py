@@ -4,7 +4,7 @@ warned about and counted as 0 in the mean, AP by VOC07's 11-point rule computed 
 import numpy as np
 import pytest
 
-pytest.importorskip("scratchdet.eval.ap", reason="eval/ap.py (another helper's) not present yet")
+pytest.importorskip("scratchdet.ap", reason="scratchdet/ap.py not present")
 
 from scratchdet.engine.train import detection_map  # noqa: E402
 

@@ -27,6 +27,7 @@ from google.protobuf import text_format
 from ..caffe import io
 from ..caffe.netstate import TEST, TRAIN
 from ..caffe.schema import pb
+from ..ap import average_precision
 from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, ScratchDetError
 from . import glog
 from .debug_info import DebugPass
@@ -153,7 +154,6 @@ def share_trained_layers(src, dst) -> None:
 def detection_map(rows_per_pass: list[np.ndarray], ap_version: str, log=None, show_per_class: bool = False) -> float:
     """Solver::TestDetection for one output blob: ``rows_per_pass`` are the [K, 5] DetectionEvaluate
     rows (image_id, label, score, tp, fp) of each forward pass."""
-    from ..eval.ap import average_precision
     num_pos: dict[int, int] = {}
     true_pos: dict[int, list] = defaultdict(list)
     false_pos: dict[int, list] = defaultdict(list)

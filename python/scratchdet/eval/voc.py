@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..errors import ScratchDetError
-from . import ap as ap_math
+from .. import ap as ap_math
 from .detfiles import ClassDetections
 from .groundtruth import GroundTruth
 

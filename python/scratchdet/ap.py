@@ -10,7 +10,8 @@ Two families live here, because the project needs both and they differ in small 
   precision/recall arrays, used by ``eval voc``. The 11 thresholds are ``j / 10`` (the exact
   doubles), so a recall of exactly 7/10 counts at t = 0.7, as the devkit intends.
 
-Pure numpy: the solver imports this module.
+Pure numpy, at the level of ``boxes`` in the stack (DESIGN §1): the solver's in-training mAP and
+``eval voc`` both use it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ScratchDetError
+from .errors import ScratchDetError
 
 AP_VERSIONS = ("11point", "MaxIntegral", "Integral")
 _EPS = np.float32(1e-6)   # ComputeAP's ``const float eps``
