@@ -292,14 +292,12 @@ def _emit(g: _Graph, net, i: int, dynamic: bool) -> None:  # noqa: C901 - one br
         if not layer.use_global_stats:
             raise ScratchDetError(f"layer {name!r} (BatchNorm): batch statistics (use_global_stats: false) "
                                   "cannot be exported")
-        mean_sum, var_sum, factor = (_np(t) for t in layer.blobs())
-        s = factor[0]
-        inv = np.float32(0.0 if s == 0 else 1.0 / s)
+        mean, var = (_np(t) for t in layer.global_stats())
         c = shapes[0][1]
         scale = np.ones(c, np.float32)
         zero = np.zeros(c, np.float32)
         out([g.node("BatchNormalization", [bottoms[0], g.const(f"{name}.gamma", scale), g.const(f"{name}.beta", zero),
-                                            g.const(f"{name}.mean", mean_sum * inv), g.const(f"{name}.var", var_sum * inv)],
+                                            g.const(f"{name}.mean", mean), g.const(f"{name}.var", var)],
                     tops[0], epsilon=layer.eps)])
     elif kind == "ReLU":
         slope = layer.negative_slope

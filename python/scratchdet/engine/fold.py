@@ -114,12 +114,8 @@ def _affine_of(layers, indices) -> tuple[np.ndarray, np.ndarray]:
     for k in indices:
         layer = layers[k]
         if layer.lp.type == "BatchNorm":
-            mean_sum, var_sum, factor = (t.detach().cpu().double().numpy() for t in layer.blobs())
-            s = factor[0]
-            inv = 0.0 if s == 0 else 1.0 / s
-            mean, var = mean_sum * inv, var_sum * inv
-            # the engine computes in float32: take the same rounded statistics
-            mean, var = mean.astype(np.float32).astype(np.float64), var.astype(np.float32).astype(np.float64)
+            # the statistics exactly as the unfolded layer normalises with, then folded in float64
+            mean, var = (t.detach().cpu().double().numpy() for t in layer.global_stats())
             ka = 1.0 / np.sqrt(var + np.float64(np.float32(layer.eps)))
             kc = -mean * ka
         else:

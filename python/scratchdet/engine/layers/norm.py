@@ -56,10 +56,8 @@ class BatchNorm(Layer):
         if x.dim() == 1:
             x = x.reshape(-1, 1)
         if self.use_global_stats:
-            s = self.factor[0]
-            scale = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-            y = F.batch_norm(x, self.mean_sum * scale, self.var_sum * scale, training=False, eps=self.eps)
-            return (y.reshape(shape),)
+            mean, var = self.global_stats()
+            return (F.batch_norm(x, mean, var, training=False, eps=self.eps).reshape(shape),)
         m = x.numel() // self.channels
         if m == 1:      # torch refuses one value per channel; Caffe normalises it to 0 (variance 0)
             with torch.no_grad():
@@ -73,6 +71,14 @@ class BatchNorm(Layer):
         # variance (m / (m - 1) times the biased one), which is what Caffe adds to its sums: one
         # pass over x instead of a separate var_mean
         return (self._train_forward(x).reshape(shape),)
+
+    def global_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The statistics a global-stats pass normalises with: mean_sum / s and var_sum / s, zero
+        when s == 0, in the blobs' precision as Caffe's Dtype arithmetic (1/s, then the products).
+        The forward, the fused BatchNorm+Scale, the TEST-time fold and the ONNX export all use it."""
+        s = self.factor[0]
+        inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+        return self.mean_sum * inv, self.var_sum * inv
 
     def _train_forward(self, x, weight=None, bias=None):
         # the statistics' dtype (float32, float64 after .double()), not x's: under autocast x may be bf16
@@ -92,9 +98,8 @@ class BatchNorm(Layer):
         if x.dim() < 2:
             return None
         if self.use_global_stats:
-            s = self.factor[0]
-            inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-            return F.batch_norm(x, self.mean_sum * inv, self.var_sum * inv, scale, bias, training=False, eps=self.eps)
+            mean, var = self.global_stats()
+            return F.batch_norm(x, mean, var, scale, bias, training=False, eps=self.eps)
         if x.numel() // self.channels == 1:
             return None
         return self._train_forward(x, scale, bias)
