@@ -24,7 +24,8 @@ LABELMAP = REPO / "data" / "labelmap_synthetic.prototxt"
 FIXTURE = REPO / "tests" / "fixtures" / "convert_annoset_synthetic_seed3.json"
 
 
-def _records(db: Path) -> list[tuple[bytes, bytes]]:
+def records(db: Path) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of an LMDB in key order, read with the lmdb package alone (not our reader)."""
     env = lmdb.open(str(db), readonly=True, lock=False)
     try:
         with env.begin() as txn:
@@ -53,7 +54,7 @@ def ours(synth_set, tmp_path_factory) -> list[tuple[bytes, bytes]]:
                         "--out", str(out), "--labelmap", str(LABELMAP), "--check-label", "--quiet"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    return _records(out)
+    return records(out)
 
 
 def test_converter_matches_recorded_convert_annoset_digests(ours):
@@ -74,7 +75,7 @@ def test_converter_byte_identical_to_real_convert_annoset(synth_set, ours, tmp_p
                         "--backend=lmdb", f"{root}/", str(lst), str(ref)],
                        capture_output=True, text=True, timeout=600, env=dict(os.environ, GLOG_logtostderr="1"))
     assert r.returncode == 0, r.stderr[-2000:]
-    theirs = _records(ref)
+    theirs = records(ref)
     assert len(theirs) == 24
     assert [k for k, _ in ours] == [k for k, _ in theirs]
     differing = [k.decode() for (k, a), (_, b) in zip(ours, theirs) if a != b]

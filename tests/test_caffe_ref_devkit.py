@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import lmdb
 import numpy as np
 import pytest
 
@@ -33,6 +32,7 @@ from scratchdet.caffe import io
 from scratchdet.caffe.schema import pb
 from scratchdet.data import labelmap as lm
 from scratchdet.data.images import jpeg_components
+from test_caffe_ref_convert import records  # noqa: E402  (tests/: the raw LMDB reader both referee tests use)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "convert_annoset_devkit.json"
 EXPLAINED = {"VOC2007/JPEGImages/000005.jpg": "grayscale JPEG stored as a 3-channel JPEG"}
@@ -77,15 +77,6 @@ def build_devkit(root: Path) -> Path:
     (root / "all.txt").write_text("".join(lines))
     io.write_text(lm.make(["cat", "dog"]), root / "labelmap.prototxt")
     return root
-
-
-def records(db: Path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return list(txn.cursor())
-    finally:
-        env.close()
 
 
 def digests(recs, root: Path) -> list[list]:
