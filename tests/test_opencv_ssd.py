@@ -67,6 +67,15 @@ def _randomise(net, seed=0):
                     blobs[1].copy_(torch.empty(blobs[1].shape).uniform_(-0.1, 0.1, generator=g))
 
 
+def opencv_detections(deploy, weights, x: np.ndarray) -> np.ndarray:
+    """OpenCV dnn's DetectionOutput rows [K, 7] for input ``x`` (its padding rows, score 0, dropped)."""
+    cv = cv2.dnn.readNetFromCaffe(str(deploy), str(weights))
+    cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cv.setInput(x)
+    rows = cv.forward().reshape(-1, 7)
+    return rows[rows[:, 2] > 0]
+
+
 @pytest.mark.parametrize("deploy", deploy_files())
 def test_detection_output_agrees_with_opencv(deploy, tmp_path):
     if not deploy.is_file():
@@ -90,11 +99,7 @@ def test_detection_output_agrees_with_opencv(deploy, tmp_path):
         ours = net.forward({data_layer.lp.top[0]: torch.from_numpy(x)})[out_name].numpy().reshape(-1, 7)
     ours = ours[ours[:, 2] > 0]
 
-    cv = cv2.dnn.readNetFromCaffe(str(deploy), str(weights))
-    cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    cv.setInput(x)
-    theirs = cv.forward().reshape(-1, 7)
-    theirs = theirs[theirs[:, 2] > 0]
+    theirs = opencv_detections(deploy, weights, x)
 
     assert len(ours) > 10, "random weights should give many detections above the threshold"
     keep_top_k = next(layer.lp for layer in net.layers if layer.lp.type == "DetectionOutput").detection_output_param.keep_top_k
@@ -155,11 +160,7 @@ def test_detection_output_clip_field_agrees_with_opencv(clip, tmp_path, capsys):
     with torch.no_grad():
         ours = net.forward({"data": torch.from_numpy(x)})["detection_out"].numpy().reshape(-1, 7)
     ours = ours[ours[:, 2] > 0]
-    cv = cv2.dnn.readNetFromCaffe(str(deploy), str(weights))
-    cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    cv.setInput(x)
-    theirs = cv.forward().reshape(-1, 7)
-    theirs = theirs[theirs[:, 2] > 0]
+    theirs = opencv_detections(deploy, weights, x)
     assert len(ours) >= 5 and len(ours) == len(theirs)
     outside = (ours[:, 3:] < 0) | (ours[:, 3:] > 1)
     assert not outside.any() if clip else outside.any()      # the net is built so that boxes leave [0, 1]
