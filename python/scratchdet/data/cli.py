@@ -79,6 +79,8 @@ def add_arguments(parser) -> None:
     p.add_argument("--out", required=True, help="folder for the data set (e.g. data/synthetic)")
     p.add_argument("--images", type=int, default=600, help="number of images (default 600; every 5th is a test image)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); a seed always gives the same bytes")
+    p.add_argument("--profile", default="shapes", choices=("shapes", "small"),
+                   help="shapes (default: 1-4 objects, 15%% small) or small (2-6 objects, 60%% small: the mini-paper's Table 2 set)")
     p.add_argument("--lmdb", default=None, help="also build synthetic_trainval_lmdb and synthetic_test_lmdb in this folder")
     p.add_argument("--name-size", default=SYNTHETIC_NAME_SIZE, help=f"test name-size file (default {SYNTHETIC_NAME_SIZE}, relative to the current folder)")
     _common(p, strict=False)
@@ -216,7 +218,8 @@ def _synthetic(args) -> int:
     from . import labelmap as lm
     from . import synthetic, voc
     from .convert import write_list, write_name_size
-    stats = synthetic.generate(args.out, args.images, args.seed, quiet=args.quiet, jobs=args.jobs)
+    stats = synthetic.generate(args.out, args.images, args.seed, quiet=args.quiet, jobs=args.jobs,
+                               profile=args.profile)
     total = max(stats["objects"], 1)
     print(f"{args.out}: {stats['images']} images ({stats['trainval']} trainval, {stats['test']} test), "
           f"{stats['objects']} objects ({stats['difficult']} difficult; "

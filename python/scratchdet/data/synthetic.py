@@ -51,6 +51,22 @@ DIFFICULT_VISIBLE = 0.6
 DIFFICULT_SIZE = 14
 
 
+@dataclass(frozen=True)
+class Profile:
+    """How many objects an image gets (``counts`` drawn with probabilities ``count_p``) and the
+    share of them drawn small (10-26 px across)."""
+    counts: tuple
+    count_p: tuple
+    small_fraction: float
+
+
+# "shapes": the embedded default (the demo's set). "small": many small objects, for the mini-paper's
+# Table 2 / Figure 3, whose claim is about early downsampling losing small objects.
+PROFILES = {"shapes": Profile((1, 2, 3, 4), (0.3, 0.35, 0.2, 0.15), SMALL_FRACTION),
+            "small": Profile((2, 3, 4, 5, 6), (0.2, 0.2, 0.2, 0.2, 0.2), 0.6)}
+DEFAULT_PROFILE = "shapes"
+
+
 @dataclass
 class SynthObject:
     name: str
@@ -128,8 +144,16 @@ def _color(rng, name: str, bg_mean: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in bgr)
 
 
-def render(seed: int, index: int) -> tuple[np.ndarray, list[SynthObject]]:
-    """Image ``index`` of the set made with ``seed``: BGR uint8 image and its objects."""
+def profile_of(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ScratchDetError(f"unknown synthetic profile {name!r} (one of {', '.join(PROFILES)})") from None
+
+
+def render(seed: int, index: int, profile: str = DEFAULT_PROFILE) -> tuple[np.ndarray, list[SynthObject]]:
+    """Image ``index`` of the set made with ``seed`` and ``profile``: BGR uint8 image and its objects."""
+    spec = profile_of(profile)
     rng = np.random.default_rng((seed, index))
     if rng.random() < 0.5:
         h = w = 300
@@ -139,10 +163,10 @@ def render(seed: int, index: int) -> tuple[np.ndarray, list[SynthObject]]:
     owner = np.full((h, w), -1, np.int16)            # which object each pixel shows
     full_area: list[int] = []
     names: list[str] = []
-    n_objects = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.35, 0.2, 0.15]))
+    n_objects = int(rng.choice(list(spec.counts), p=list(spec.count_p)))
     for _ in range(n_objects):
         name = CLASSES[int(rng.integers(0, len(CLASSES)))]
-        if rng.random() < SMALL_FRACTION:
+        if rng.random() < spec.small_fraction:
             size = rng.uniform(10, 26)
         else:
             size = math.exp(rng.uniform(math.log(36), math.log(0.55 * min(h, w))))
@@ -221,12 +245,14 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def generate(out, images: int = 600, seed: int = 0, quiet: bool = False, jobs: int = 1) -> dict:
+def generate(out, images: int = 600, seed: int = 0, quiet: bool = False, jobs: int = 1,
+             profile: str = DEFAULT_PROFILE) -> dict:
     """Write the data set to ``out`` (replacing an earlier synthetic set there); returns statistics.
 
     The tree is built in a temporary folder beside ``out`` and renamed into place when complete.
     ``jobs`` worker processes render images; the bytes do not depend on it.
     """
+    profile_of(profile)
     if images < 2:
         raise ScratchDetError(f"--images {images}: need at least 2 (one trainval and one test image)")
     out = Path(out)
@@ -236,7 +262,7 @@ def generate(out, images: int = 600, seed: int = 0, quiet: bool = False, jobs: i
     remove_stale_temps(out)
     tmp = temp_dir(out)
     try:
-        stats = _generate_into(tmp, images, seed, quiet, jobs)
+        stats = _generate_into(tmp, images, seed, quiet, jobs, profile)
         make_public(tmp)
         if out.exists():
             old = temp_dir(out, ".old")
@@ -251,23 +277,24 @@ def generate(out, images: int = 600, seed: int = 0, quiet: bool = False, jobs: i
     return stats
 
 
-def render_files(seed: int, index: int) -> tuple[bytes, int, int, list[SynthObject]]:
+def render_files(seed: int, index: int, profile: str = DEFAULT_PROFILE) -> tuple[bytes, int, int, list[SynthObject]]:
     """Image ``index`` as JPEG bytes, with its height, width and objects."""
-    img, objects = render(seed, index)
+    img, objects = render(seed, index, profile)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     return buf.tobytes(), img.shape[0], img.shape[1], objects
 
 
-def _rendered(seed: int, n_images: int, jobs: int):
+def _rendered(seed: int, n_images: int, jobs: int, profile: str = DEFAULT_PROFILE):
     if jobs <= 1 or n_images < 50:
         for index in range(n_images):
-            yield render_files(seed, index)
+            yield render_files(seed, index, profile)
         return
-    yield from ordered_map(functools.partial(render_files, seed), range(n_images), jobs,
+    yield from ordered_map(functools.partial(render_files, seed, profile=profile), range(n_images), jobs,
                            describe=lambda chunk: f"synthetic images {chunk[0]}..{chunk[-1]}")
 
 
-def _generate_into(root: Path, n_images: int, seed: int, quiet: bool, jobs: int = 1) -> dict:
+def _generate_into(root: Path, n_images: int, seed: int, quiet: bool, jobs: int = 1,
+                   profile: str = DEFAULT_PROFILE) -> dict:
     base = root / FOLDER
     split_ids = {"trainval": [], "test": []}
     coco = {s: {"info": {"description": f"scratchdet synthetic shapes, seed {seed}"},
@@ -277,7 +304,7 @@ def _generate_into(root: Path, n_images: int, seed: int, quiet: bool, jobs: int 
     stats = {"images": n_images, "objects": 0, "difficult": 0, "small": 0, "medium": 0, "large": 0,
              "per_class": {n: 0 for n in CLASSES}}
     ann_id = 1
-    rendered = tqdm(_rendered(seed, n_images, jobs), total=n_images, desc="synthetic", unit="img",
+    rendered = tqdm(_rendered(seed, n_images, jobs, profile), total=n_images, desc="synthetic", unit="img",
                     disable=True if quiet else None)
     for index, (jpeg, h, w, objects) in enumerate(rendered):
         iid = image_id(index)
@@ -305,7 +332,9 @@ def _generate_into(root: Path, n_images: int, seed: int, quiet: bool, jobs: int 
         _write(root / "annotations" / f"instances_synthetic_{split}.json",
                json.dumps(coco[split], separators=(",", ":")).encode())
     lm.write(lm.make(CLASSES), root / "labelmap_synthetic.prototxt")
-    _write(root / "params.json", json.dumps({"generator": "scratchdet.data.synthetic", "version": GENERATOR_VERSION,
-                                             "images": n_images, "seed": seed}, indent=1).encode())
+    params = {"generator": "scratchdet.data.synthetic", "version": GENERATOR_VERSION, "images": n_images, "seed": seed}
+    if profile != DEFAULT_PROFILE:      # the default's params.json stays as earlier versions wrote it
+        params["profile"] = profile
+    _write(root / "params.json", json.dumps(params, indent=1).encode())
     stats["trainval"], stats["test"] = len(split_ids["trainval"]), len(split_ids["test"])
     return stats
