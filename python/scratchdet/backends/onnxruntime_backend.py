@@ -12,7 +12,8 @@ import torch
 from ..caffe import io
 from ..caffe.netstate import TEST, filter_net
 from ..caffe.shapes import infer
-from ..engine.net import Net, upgrade_inputs
+from ..caffe.upgrade import upgrade_inputs
+from ..engine.net import Net
 from ..errors import ScratchDetError
 from .export import OnnxRunner
 
