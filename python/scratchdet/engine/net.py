@@ -9,30 +9,24 @@ the gradients, which is what Caffe's Split does. ``propagate_down: false`` detac
 loss layers weigh their first top by 1 unless ``loss_weight`` says otherwise.
 
 Parameters are every blob of every layer in Caffe's learnable_params order (net order, blob order);
-``to_proto`` gives the ``.caffemodel`` content (each layer's configuration as Caffe's set-up leaves
-it, the auto-inserted Split layers included, plus blobs) and ``copy_from`` is
-``CopyTrainedLayersFrom``.
+``to_proto`` (the ``.caffemodel`` content) and ``copy_from`` (``CopyTrainedLayersFrom``) are
+implemented in ``engine/caffemodel.py``, the one home of the caffemodel format.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..caffe.blobs import array_to_blob, blob_shape, blob_to_array, shape_matches
 from ..caffe.netstate import filter_net
-from ..caffe.schema import pb
 from ..caffe.shapes import infer
-from ..caffe.upgrade import insert_splits, upgrade_inputs, upgrade_v1
+from ..caffe.upgrade import upgrade_inputs
 from ..errors import ScratchDetError
+from . import caffemodel
 from .fast import COMPUTE_TYPES, FastPath, FastPlan
 from .layers import build_layer
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class ParamInfo:
@@ -319,77 +313,15 @@ class Net(nn.Module):
             for layer in self.layers:
                 layer.fill(generator)
 
-    # -- caffemodel content -------------------------------------------------------------------------
+    # -- caffemodel content (engine/caffemodel.py) ------------------------------------------------
     def layer_config(self, i: int):
-        """Layer ``i``'s LayerParameter as Caffe's set-up leaves it: phase set, BatchNorm's three
-        ``param {lr_mult: 0}``, a loss layer's ``loss_weight: 1``, a layer's default
-        ``propagate_down`` (MultiBoxLoss: true, true, false, false)."""
-        layer = self.layers[i]
-        lp = pb.LayerParameter()
-        lp.CopyFrom(layer.lp)
-        del lp.blobs[:]
-        if not lp.HasField("phase"):
-            lp.phase = self.phase
-        if lp.type == "BatchNorm":
-            if len(lp.param) == 3:
-                del lp.param[:]
-            while len(lp.param) < 3:
-                lp.param.add(lr_mult=0)
-        if _is_loss(layer) and not lp.loss_weight and lp.top:
-            lp.loss_weight.append(1.0)
-        default = getattr(layer, "default_propagate_down", None)
-        if default is not None and not lp.propagate_down:
-            lp.propagate_down.extend(bool(v) for v in default)
-        return lp
+        """Layer ``i``'s LayerParameter as Caffe's set-up leaves it (``caffemodel.layer_config``)."""
+        return caffemodel.layer_config(self, i)
 
     def to_proto(self, write_diff: bool = False):
-        """The NetParameter a ``.caffemodel`` holds: the net's name and one layer per layer of
-        Caffe's net (Split layers included) with its blobs."""
-        configured = pb.NetParameter(name=self.name)
-        for i in range(len(self.layers)):
-            configured.layer.append(self.layer_config(i))
-        out = insert_splits(configured)
-        j = 0
-        for lp in out.layer:
-            if j < len(self.layers) and lp.name == self.layers[j].name and lp.type == self.layers[j].lp.type:
-                layer = self.layers[j]
-                j += 1
-            else:           # a Split that insert_splits added
-                lp.phase = self.phase
-                continue
-            for t in layer.blobs():
-                data = t.detach().cpu().numpy()
-                diff = None
-                if write_diff:
-                    grad = t.grad
-                    diff = grad.detach().cpu().numpy() if grad is not None else np.zeros_like(data)
-                lp.blobs.append(array_to_blob(data, diff=diff))
-        return out
+        """The NetParameter a ``.caffemodel`` holds (``caffemodel.net_to_proto``)."""
+        return caffemodel.net_to_proto(self, write_diff)
 
-    @torch.no_grad()
     def copy_from(self, net_param, source: str = "caffemodel") -> list[str]:
-        """CopyTrainedLayersFrom: blobs of every source layer whose name is a layer of this net.
-        Blob count and shapes must match (legacy 4-D shapes compare right-aligned); all layers are
-        checked before anything is copied. Returns the names of source layers ignored."""
-        param = upgrade_v1(net_param)
-        ignored, plan = [], []
-        for src in param.layer:
-            index = self._by_name.get(src.name)
-            if index is None:
-                ignored.append(src.name)
-                continue
-            layer = self.layers[index]
-            targets = layer.blobs()
-            if len(src.blobs) != len(targets):
-                raise ScratchDetError(f"{source}: layer {src.name!r}: incompatible number of blobs: the file has "
-                                      f"{len(src.blobs)}, the net's {layer.lp.type} layer has {len(targets)}")
-            for k, (blob, t) in enumerate(zip(src.blobs, targets)):
-                if not shape_matches(blob, t.shape):
-                    raise ScratchDetError(f"{source}: layer {src.name!r}: cannot copy param {k} weights; shape mismatch: "
-                                          f"source {list(blob_shape(blob))}, target {list(t.shape)}")
-                plan.append((t, blob_to_array(blob, f"{source}: layer {src.name!r} blob {k}")))
-        for t, values in plan:
-            t.copy_(torch.from_numpy(values).reshape(t.shape).to(t.device))
-        for name in ignored:
-            log.info("Ignoring source layer %s", name)
-        return ignored
+        """CopyTrainedLayersFrom (``caffemodel.copy_trained_layers``); the ignored source layers."""
+        return caffemodel.copy_trained_layers(self, net_param, source)
