@@ -190,7 +190,7 @@ def generate(variant: str, out: Path) -> Path:
 def feed_from_memory(trainer, batches) -> None:
     """The train net's data layer hands out ``batches`` in turn instead of reading its LMDB."""
     import itertools
-    from scratchdet.engine.train import data_layers
+    from scratchdet.engine.score import data_layers
     for layer in data_layers(trainer.net):
         cycle = itertools.cycle(batches)
         layer.forward = lambda *bottoms, _c=cycle: next(_c)
@@ -221,7 +221,7 @@ def bench_training(train_prototxt: Path, db: Path, batch: int | None, iters: int
     start = time.perf_counter()
     trainer.solve()
     ours = iters * batch / (time.perf_counter() - start)
-    from scratchdet.engine.train import data_layers
+    from scratchdet.engine.score import data_layers
     batches = [data_layers(trainer.net)[0].forward() for _ in range(2)]
     trainer.close()
 

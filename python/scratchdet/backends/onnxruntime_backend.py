@@ -103,7 +103,7 @@ class OnnxTestNet(Net):
 def test(args) -> int:
     from ..engine import glog
     from ..engine.caffemodel import load_caffemodel
-    from ..engine.train import score_net
+    from ..engine.score import score_net
     runner = OnnxRunner(args.onnx)
     net = OnnxTestNet(args.model, runner)
     for path in [w for w in (args.weights or "").split(",") if w]:
