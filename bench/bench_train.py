@@ -32,24 +32,11 @@ from scratchdet.caffe import io
 from scratchdet.caffe.netstate import TRAIN, filter_net
 from scratchdet.caffe.schema import pb
 
+from prototxt_gen.data_layers import ssd_batch_samplers, train_transform
+from prototxt_gen.netspec import assign
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = "demo_rootres,voc07_rootres34"
-SSD_TRANSFORM = """
-mirror: true mean_value: 104 mean_value: 117 mean_value: 123
-resize_param { resize_mode: WARP height: 300 width: 300
-  interp_mode: LINEAR interp_mode: AREA interp_mode: NEAREST interp_mode: CUBIC interp_mode: LANCZOS4 }
-emit_constraint { emit_type: CENTER }
-distort_param { brightness_prob: 0.5 brightness_delta: 32 contrast_prob: 0.5 contrast_lower: 0.5
-  contrast_upper: 1.5 hue_prob: 0.5 hue_delta: 18 saturation_prob: 0.5 saturation_lower: 0.5
-  saturation_upper: 1.5 random_order_prob: 0.0 }
-expand_param { prob: 0.5 max_expand_ratio: 4.0 }
-"""
-SSD_SAMPLERS = "batch_sampler { max_sample: 1 max_trials: 1 }\n" + "".join(
-    f"batch_sampler {{ sampler {{ min_scale: 0.3 max_scale: 1 min_aspect_ratio: 0.5 max_aspect_ratio: 2 }} "
-    f"sample_constraint {{ min_jaccard_overlap: {j} }} max_sample: 1 max_trials: 50 }}\n"
-    for j in (0.1, 0.3, 0.5, 0.7, 0.9)) + \
-    "batch_sampler { sampler { min_scale: 0.3 max_scale: 1 min_aspect_ratio: 0.5 max_aspect_ratio: 2 } " \
-    "sample_constraint { max_jaccard_overlap: 1.0 } max_sample: 1 max_trials: 50 }"
 
 
 # -- a plain PyTorch model of the same layers --------------------------------------------------------
@@ -161,10 +148,11 @@ def make_lmdb(tmp: Path, images: int) -> Path:
 
 def bench_data_layer(db: Path, workers: int, batches: int, batch: int = 8) -> float:
     from scratchdet.engine.layers.annotated_data import AnnotatedDataLayer
+    # SSD's train transform and batch samplers as the generator writes them into every train net
     lp = text_format.Parse(f'name: "data" type: "AnnotatedData" top: "data" top: "label" '
-                           f'data_param {{ source: "{db}" batch_size: {batch} backend: LMDB }} '
-                           f'transform_param {{ {SSD_TRANSFORM} }} annotated_data_param {{ {SSD_SAMPLERS} }}',
-                           pb.LayerParameter())
+                           f'data_param {{ source: "{db}" batch_size: {batch} backend: LMDB }}', pb.LayerParameter())
+    assign(lp, "transform_param", train_transform(300, 300))
+    assign(lp.annotated_data_param, "batch_sampler", ssd_batch_samplers())
     layer = AnnotatedDataLayer(lp, TRAIN, [], [(batch, 3, 300, 300), (1, 1, 1, 8)])
     layer.configure(seed=0, workers=workers)
     layer.forward()                     # start-up (worker processes) not counted
@@ -190,7 +178,7 @@ def generate(variant: str, out: Path) -> Path:
 def feed_from_memory(trainer, batches) -> None:
     """The train net's data layer hands out ``batches`` in turn instead of reading its LMDB."""
     import itertools
-    from scratchdet.engine.train import data_layers
+    from scratchdet.engine.score import data_layers
     for layer in data_layers(trainer.net):
         cycle = itertools.cycle(batches)
         layer.forward = lambda *bottoms, _c=cycle: next(_c)
@@ -221,7 +209,7 @@ def bench_training(train_prototxt: Path, db: Path, batch: int | None, iters: int
     start = time.perf_counter()
     trainer.solve()
     ours = iters * batch / (time.perf_counter() - start)
-    from scratchdet.engine.train import data_layers
+    from scratchdet.engine.score import data_layers
     batches = [data_layers(trainer.net)[0].forward() for _ in range(2)]
     trainer.close()
 

@@ -107,7 +107,7 @@ def from_ours(root: Path, net_path: str, iterations: int, seed: int) -> dict[str
     import torch
     from scratchdet.caffe.netstate import TRAIN
     from scratchdet.engine.net import Net
-    from scratchdet.engine.train import data_layers
+    from scratchdet.engine.score import data_layers
     out = {k: [] for k in STATS}
     data_net = str(Path(net_path).with_name(Path(net_path).stem + "_data.prototxt"))
     with contextlib.chdir(root):

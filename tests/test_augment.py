@@ -9,6 +9,9 @@ from scratchdet.caffe.schema import pb
 from scratchdet.data import augment as A
 from scratchdet.errors import ScratchDetError
 
+from prototxt_gen.data_layers import ssd_batch_samplers, train_transform
+from prototxt_gen.netspec import assign
+
 
 class ScriptedRNG:
     """Stands in for numpy's Generator with the unit draws and integers a test chooses."""
@@ -193,24 +196,16 @@ def test_brightness_and_saturation_distortions():
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
 
 
-SSD_TRAIN = """
-mirror: true mean_value: 104 mean_value: 117 mean_value: 123
-resize_param { resize_mode: WARP height: 64 width: 64
-  interp_mode: LINEAR interp_mode: AREA interp_mode: NEAREST interp_mode: CUBIC interp_mode: LANCZOS4 }
-emit_constraint { emit_type: CENTER }
-distort_param { brightness_prob: 0.5 brightness_delta: 32 contrast_prob: 0.5 contrast_lower: 0.5
-  contrast_upper: 1.5 hue_prob: 0.5 hue_delta: 18 saturation_prob: 0.5 saturation_lower: 0.5
-  saturation_upper: 1.5 random_order_prob: 0.0 }
-expand_param { prob: 0.5 max_expand_ratio: 4.0 }
-"""
-SSD_SAMPLERS = "".join(
-    f"batch_sampler {{ sampler {{ min_scale: 0.3 max_scale: 1 min_aspect_ratio: 0.5 max_aspect_ratio: 2 }} "
-    f"sample_constraint {{ min_jaccard_overlap: {j} }} max_sample: 1 max_trials: 50 }}\n"
-    for j in (0.1, 0.3, 0.5, 0.7, 0.9)) + "batch_sampler { max_sample: 1 max_trials: 1 }"
+def ssd_train(size: int):
+    """SSD's train transform and batch samplers, as the generator writes them into every train net."""
+    lp = pb.LayerParameter()
+    assign(lp, "transform_param", train_transform(size, size))
+    assign(lp.annotated_data_param, "batch_sampler", ssd_batch_samplers())
+    return lp.transform_param, lp.annotated_data_param.batch_sampler
 
 
 def test_full_pipeline_is_deterministic_per_seed_and_boxes_stay_valid():
-    aug = A.Augmenter(tparam(SSD_TRAIN), io.parse_text(SSD_SAMPLERS, pb.AnnotatedDataParameter).batch_sampler)
+    aug = A.Augmenter(*ssd_train(64))
     s = A.Sample.make(image(90, 120), [1, 2, 3], [[0.1, 0.1, 0.4, 0.5], [0.5, 0.2, 0.9, 0.8], [0.3, 0.6, 0.5, 0.95]])
     a_img, a_box = aug(s, np.random.default_rng(11))
     b_img, b_box = aug(s, np.random.default_rng(11))

@@ -1,5 +1,6 @@
 """The generated nets against independent numbers: SSD300's prior layout (caffe-ssd-spec §2.2, with
-its golden first-cell priors recomputed here in numpy from the generated PriorBox parameters), and
+its golden first-cell priors recomputed here in numpy from the generated PriorBox parameters), the
+prior sizes against the paper's scale rule s_k = s_min + (s_max - s_min)(k - 1)/(m - 1), and
 the released Root-ResNet-34's layer and parameter counts (scratchdet-released-code.md §10)."""
 from collections import Counter
 from pathlib import Path
@@ -39,29 +40,23 @@ def prior_layers(ns):
 
 
 def numpy_priors(pp, feat_h, feat_w, img_h, img_w, cells=1):
-    """PriorBox forward as caffe-ssd-spec §2.2 describes it, for the first ``cells`` cells."""
-    ars = [1.0]
-    for r in pp.aspect_ratio:
-        if any(abs(r - a) < 1e-6 for a in ars):
-            continue
-        ars.append(r)
-        if pp.flip:
-            ars.append(1.0 / r)
+    """PriorBox forward as caffe-ssd-spec §2.2 describes it, for the first ``cells`` cells. The box
+    order per cell is the spec's worked one, [min, sqrt(min*max), r1, 1/r1, r2, 1/r2, ...], which is
+    what its de-duplication and flip rule gives for the nets SSD's scripts write: one min and one max
+    size, flip on, distinct ratios other than 1 (asserted here instead of re-implementing the rule)."""
+    ratios = list(pp.aspect_ratio)
+    assert pp.flip and len(pp.min_size) == len(pp.max_size) == 1, "not an SSD-script PriorBox"
+    assert len(set(ratios)) == len(ratios) and 1.0 not in ratios, "not an SSD-script PriorBox"
+    mn, mx = int(pp.min_size[0]), int(pp.max_size[0])
+    sides = [(mn, mn), (np.sqrt(mn * mx),) * 2]
+    sides += [(mn * np.sqrt(a), mn / np.sqrt(a)) for r in ratios for a in (r, 1 / r)]
     step_w = pp.step if pp.step else img_w / feat_w
     step_h = pp.step if pp.step else img_h / feat_h
     out = []
     for idx in range(cells):
-        h, w = divmod(idx, feat_w)
-        cx, cy = (w + pp.offset) * step_w, (h + pp.offset) * step_h
-        for s, mn in enumerate(pp.min_size):
-            mn = int(mn)
-            sizes = [(mn, mn)]
-            if pp.max_size:
-                side = np.sqrt(mn * int(pp.max_size[s]))
-                sizes.append((side, side))
-            sizes += [(mn * np.sqrt(a), mn / np.sqrt(a)) for a in ars if abs(a - 1) >= 1e-6]
-            for bw, bh in sizes:
-                out.append([(cx - bw / 2) / img_w, (cy - bh / 2) / img_h, (cx + bw / 2) / img_w, (cy + bh / 2) / img_h])
+        cy, cx = ((v + pp.offset) * step for v, step in zip(divmod(idx, feat_w), (step_h, step_w)))
+        out += [[(cx - w / 2) / img_w, (cy - h / 2) / img_h, (cx + w / 2) / img_w, (cy + h / 2) / img_h]
+                for w, h in sides]
     boxes = np.array(out)
     return np.clip(boxes, 0, 1) if pp.clip else boxes
 
@@ -92,6 +87,32 @@ def test_first_cell_priors_match_the_spec_golden_values(variant_id):
     # variances: 0.1, 0.1, 0.2, 0.2 (CENTER_SIZE), clip false, SSD300's sizes
     assert list(first.prior_box_param.variance) == pytest.approx([0.1, 0.1, 0.2, 0.2])
     assert (first.prior_box_param.min_size[0], first.prior_box_param.max_size[0]) == (30, 60)
+
+
+# The paper's anchor scales (SSD's rule, kept by ScratchDet, §4): s_k = s_min + (s_max - s_min)(k - 1)/(m - 1)
+# for the m = 5 layers after the first, as percent of the 300-pixel input; SSD's scripts (released-code
+# §4) floor the percent step to an integer and put a smaller first layer in front. Per data set:
+# (s_min, s_max, first layer's min and max), in percent.
+SCALES = {"voc": (20, 90, 10, 20), "coco": (15, 90, 7, 15)}
+
+
+def paper_scales(s_min: int, s_max: int, m: int = 5, floor_step: bool = True) -> list[float]:
+    step = (s_max - s_min) // (m - 1) if floor_step else (s_max - s_min) / (m - 1)
+    return [s_min + step * (k - 1) for k in range(1, m + 2)]        # m layers and the last max
+
+
+@pytest.mark.parametrize("variant_id", SSD300_LIKE + ["voc12_rootres34", "coco_rootres34_released", "coco_rootres18"])
+def test_prior_sizes_follow_the_papers_scale_rule(variant_id):
+    pps = [lp.prior_box_param for lp in net(variant_id, "deploy.prototxt").layer if lp.type == "PriorBox"]
+    s_min, s_max, first_min, first_max = SCALES["coco" if variant_id.startswith("coco") else "voc"]
+    scales = paper_scales(s_min, s_max)
+    want_min = [300 * first_min / 100] + [300 * s / 100 for s in scales[:-1]]
+    want_max = [300 * first_max / 100] + [300 * s / 100 for s in scales[1:]]
+    assert [p.min_size[0] for p in pps] == pytest.approx(want_min)
+    assert [p.max_size[0] for p in pps] == pytest.approx(want_max)
+    # the integer floor moves each scale by less than one percent point per layer from the paper's
+    exact = paper_scales(s_min, s_max, floor_step=False)
+    assert all(0 <= e - f < k for k, (e, f) in enumerate(zip(exact, scales), 1))
 
 
 def test_prior_sizes_and_steps_follow_ssd_scripts():

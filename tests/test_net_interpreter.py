@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from scratchdet.caffe import shapes
 from scratchdet.caffe.io import parse_text
 from scratchdet.caffe.netstate import TEST, TRAIN
 from scratchdet.caffe.schema import pb
+from scratchdet.caffe.upgrade import insert_splits
 from scratchdet.engine import fillers
 from scratchdet.engine.layers.base import REGISTRY, Layer
-from scratchdet.engine.net import Net, insert_splits
+from scratchdet.engine.net import Net
 from scratchdet.errors import ScratchDetError
 
 
@@ -29,6 +31,16 @@ def test_legacy_input_fields_become_an_input_layer():
         assert [(layer.name, layer.lp.type) for layer in net.layers] == [("input", "Input"), ("r", "ReLU")]
         out = net.forward()
         assert tuple(out["x"].shape) == (2, 3, 4, 5) and not out["y"].any()   # zeros when nothing is fed
+
+
+def test_shape_inference_and_the_net_share_the_strict_input_upgrade():
+    # three input_dim values for one input: both callers refuse it, naming the source
+    text = 'input: "x" input_dim: 2 input_dim: 3 input_dim: 4\nlayer { name: "r" type: "ReLU" bottom: "x" top: "y" }'
+    param = parse_text(text, pb.NetParameter)
+    for build in (lambda: shapes.infer(param, None, "old.prototxt"),
+                  lambda: Net(param, TEST, source="old.prototxt")):
+        with pytest.raises(ScratchDetError, match=r"^old\.prototxt: net has 1 inputs and 3 input_dim values"):
+            build()
 
 
 def test_netstate_filtering_by_phase_level_and_stage():

@@ -287,7 +287,7 @@ def test_log_lines_parse_with_caffe_regexes_in_caffe_order(standin, tmp_path, lm
 def test_test_outputs_with_a_loss_weight_print_the_weighted_loss(standin, tmp_path, lmdb_path, monkeypatch):
     """Solver::Test: ``Test net output #0: err = v (* w = w*v loss)`` for a loss output (spec §5.5),
     in the training log and in ``scratchdet test``'s."""
-    from scratchdet.engine.train import score
+    from scratchdet.engine.score import score
     monkeypatch.setattr(StandInNet, "loss_outputs",
                         lambda self, blobs: [("loss", 1.0, blobs["loss"])] if self.phase == TRAIN
                         else [("err", 2.5, blobs["err"])])

@@ -10,11 +10,16 @@ Two families live here, because the project needs both and they differ in small 
   precision/recall arrays, used by ``eval voc``. The 11 thresholds are ``j / 10`` (the exact
   doubles), so a recall of exactly 7/10 counts at t = 0.7, as the devkit intends.
 
+``detection_map`` is ``Solver::TestDetection``'s aggregation of DetectionEvaluate rows into mAP
+(with Caffe's ``ComputeAP``); it lives here rather than in ``eval/`` because the engine's test pass
+needs it and ``eval/`` sits above the engine; the engine's ``score`` module writes its log lines.
+
 Pure numpy, at the level of ``boxes`` in the stack (DESIGN §1): the solver's in-training mAP and
 ``eval voc`` both use it.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -146,3 +151,37 @@ def mean(values: Iterable[float]) -> float:
     """Mean over classes; 0 for an empty list (no classes at all)."""
     values = list(values)
     return float(sum(values) / len(values)) if values else 0.0
+
+
+def detection_map(rows_per_pass: Sequence, ap_version: str) -> tuple[float, list[tuple[int, float | None]]]:
+    """Solver::TestDetection for one output blob: ``rows_per_pass`` are the [K, 5] DetectionEvaluate
+    rows (image_id, label, score, tp, fp) of each forward pass. Returns the mAP and, for every label
+    with ground truth in label order, its AP, or None where it has no detection at all (Caffe warns
+    "Missing true_pos" and counts it as 0 in the mean). Rows that matched a difficult ground truth
+    (tp = fp = 0) are not evaluated; ground-truth rows (image_id -1) carry the count in ``score``."""
+    num_pos: dict[int, int] = {}
+    true_pos: dict[int, list] = defaultdict(list)
+    false_pos: dict[int, list] = defaultdict(list)
+    for rows in rows_per_pass:
+        for item, label, score, tp, fp in np.asarray(rows, np.float64).reshape(-1, 5):
+            label = int(label)
+            if int(item) == -1:
+                num_pos[label] = num_pos.get(label, 0) + int(score)
+                continue
+            tp, fp = int(tp), int(fp)
+            if tp == 0 and fp == 0:
+                continue
+            true_pos[label].append((float(score), tp))
+            false_pos[label].append((float(score), fp))
+    if not num_pos:
+        return 0.0, []
+    total = 0.0
+    per_label: list[tuple[int, float | None]] = []
+    for label in sorted(num_pos):
+        if label not in true_pos:
+            per_label.append((label, None))
+            continue
+        ap = average_precision(true_pos[label], false_pos[label], num_pos[label], ap_version)
+        total += ap
+        per_label.append((label, ap))
+    return total / len(num_pos), per_label

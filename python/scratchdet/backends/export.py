@@ -61,7 +61,7 @@ def add_arguments(p) -> None:
 def resize_input(net_param, height: int | None = None, width: int | None = None, batch: int | None = None):
     """A copy of ``net_param`` (old-style ``input:`` fields upgraded to an Input layer) whose first
     Input top is [batch, C, height, width] (None keeps a value)."""
-    from ..engine.net import upgrade_inputs
+    from ..caffe.upgrade import upgrade_inputs
     out = upgrade_inputs(net_param)
     if out is net_param:
         out = pb.NetParameter()

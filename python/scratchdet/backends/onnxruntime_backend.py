@@ -12,7 +12,8 @@ import torch
 from ..caffe import io
 from ..caffe.netstate import TEST, filter_net
 from ..caffe.shapes import infer
-from ..engine.net import Net, upgrade_inputs
+from ..caffe.upgrade import upgrade_inputs
+from ..engine.net import Net
 from ..errors import ScratchDetError
 from .export import OnnxRunner
 
@@ -102,7 +103,7 @@ class OnnxTestNet(Net):
 def test(args) -> int:
     from ..engine import glog
     from ..engine.caffemodel import load_caffemodel
-    from ..engine.train import score_net
+    from ..engine.score import score_net
     runner = OnnxRunner(args.onnx)
     net = OnnxTestNet(args.model, runner)
     for path in [w for w in (args.weights or "").split(",") if w]:

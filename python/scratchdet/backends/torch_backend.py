@@ -104,7 +104,7 @@ def _launch(args, placement: D.Placement, notes) -> int:
 
 def test(args) -> int:
     from ..engine import glog
-    from ..engine.train import score
+    from ..engine.score import score
     placement = D.place(args.gpu)
     device = placement.devices[0]
     with glog.Logger(args.log, quiet=getattr(args, "quiet", False)) as log:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ScratchDetError
 from .netstate import filter_net
-from .schema import pb
+from .upgrade import upgrade_inputs
 
 
 @dataclass
@@ -332,34 +332,11 @@ def _layer(lp, bottom_shapes, where):  # noqa: C901 - one branch per Caffe layer
     return ls
 
 
-def _upgrade_inputs(net):
-    """Turn deprecated ``input``/``input_shape`` into an Input layer, as Caffe's upgrade does."""
-    if not net.input:
-        return net
-    out = pb.NetParameter()
-    out.CopyFrom(net)
-    del out.layer[:]
-    del out.input[:]
-    del out.input_shape[:]
-    del out.input_dim[:]
-    layer = out.layer.add(name="input", type="Input")
-    for i, name in enumerate(net.input):
-        layer.top.append(name)
-        shape = layer.input_param.shape.add()
-        if net.input_shape:
-            shape.dim.extend(net.input_shape[i].dim)
-        else:
-            shape.dim.extend(net.input_dim[4 * i: 4 * i + 4])
-    for lp in net.layer:
-        out.layer.add().CopyFrom(lp)
-    return out
-
-
 def infer(net, phase: int | None = None, source: str = "net") -> NetShape:
     """Shapes for every layer of ``net`` (filtered by ``phase`` when given)."""
     if phase is not None:
         net = filter_net(net, phase)
-    net = _upgrade_inputs(net)
+    net = upgrade_inputs(net, source)
     blobs: dict[str, tuple] = {}
     layers = []
     for i, lp in enumerate(net.layer):

@@ -68,6 +68,12 @@ class Sample:
 
 
 # -- box helpers (util/bbox_util.cpp, normalized coordinates) ---------------------------------------
+# Not boxes.sizes/jaccard/clip: those are Caffe's float32 arithmetic for the loss and NMS, while the
+# sampler's crop boxes and the projections below are float64 here (crop() turns them into pixel
+# offsets as Python floats). Caffe's NormalizedBBox is float, so float32 would be its arithmetic
+# too; moving the augmenter onto boxes.py can flip an emit_overlap or size > 0 decision at the last
+# bit and so change which boxes a crop keeps, a behaviour change that belongs in its own step with
+# test_caffe_ref_augment's Caffe replays, not in a move.
 
 def box_size(b: np.ndarray) -> np.ndarray:
     """BBoxSize: width*height, 0 for an inverted box. ``b`` [..., 4]."""

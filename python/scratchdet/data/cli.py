@@ -257,7 +257,8 @@ def _warn_if_labelmap_differs(labelmap) -> None:
 
 def _convert(args) -> int:
     from . import labelmap as lm
-    from .convert import read_list, shuffled, write_name_size
+    from .convert import read_list, write_name_size
+    from .entries import shuffled
     if args.label_type in ("xml", "json") and not args.labelmap:
         raise ScratchDetError(f"--label-type {args.label_type} needs --labelmap (class names -> labels)")
     name_to_label = {}

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ScratchDetError
 from . import labelmap as lm
-from .convert import Entry, shuffled
+from .entries import Entry, shuffled
 from .record import BadRecord, RawAnnotation, RawObject
 
 # set -> (LMDB folder, [(annotation set, image folder)], shuffle, name-size file or None)

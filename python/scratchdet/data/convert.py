@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,24 +24,12 @@ from tqdm import tqdm
 from ..errors import ScratchDetError
 from . import images, lmdb_io
 from .files import write_atomic
+from .entries import Entry, read_annotation_bytes, shuffled
 from .parallel import ordered_map
 from .record import STRICT_ISSUES, BadRecord, Issue, RawAnnotation, RawObject, build_datum
 
 LABEL_TYPES = ("xml", "json", "txt")
 MAX_PRINTED = 50          # per conversion; the rest are only counted in the summary
-
-
-@dataclass
-class Entry:
-    """One list line. ``annotation`` is a parsed annotation, a path to an annotation file of
-    ``label_type``, or None (no annotation: a record without groups). ``problem`` lets a source flag
-    an entry it already knows is bad (duplicate id, ...), so it is counted like any other skip."""
-    list_path: str                       # image path as written in the list: the key's suffix
-    image_path: str                      # file to read
-    annotation: RawAnnotation | str | None = None
-    label_type: str = "xml"
-    name: str = ""                       # first column of the name-size file (stem or image id)
-    problem: BadRecord | None = None
 
 
 @dataclass
@@ -80,18 +67,6 @@ def load_annotation(entry: Entry) -> RawAnnotation | None:
     if entry.label_type == "txt":
         return parse_txt(path)
     raise ScratchDetError(f"unknown label type {entry.label_type!r} (choose from {', '.join(LABEL_TYPES)})")
-
-
-def read_annotation_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadRecord("missing annotation", f"{path}: annotation file not found") from None
-    except OSError as exc:
-        raise BadRecord("bad annotation", f"{path}: cannot read annotation ({exc.strerror})") from None
-    if not data.strip():
-        raise BadRecord("bad annotation", f"{path}: empty annotation file")
-    return data
 
 
 def read_annotation_text(path: Path) -> str:
@@ -310,13 +285,6 @@ def write_list(entries: Iterable[Entry], path, root) -> None:
 def write_name_size(sizes: Iterable[tuple[str, int, int]], path) -> None:
     """``tools/get_image_size`` output: ``<name> <height> <width>`` per written test record."""
     write_atomic(path, "".join(f"{n} {h} {w}\n" for n, h, w in sizes).encode())
-
-
-def shuffled(entries: list[Entry], seed: int) -> list[Entry]:
-    """The fork shuffles training lists (perl's List::Util shuffle, unseeded); we fix the seed."""
-    out = list(entries)
-    random.Random(seed).shuffle(out)
-    return out
 
 
 def print_summary(summary: Summary, stream=None) -> None:

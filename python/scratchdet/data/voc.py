@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ScratchDetError
-from .convert import Entry, read_annotation_bytes, shuffled
+from .entries import Entry, read_annotation_bytes, shuffled
 from .record import BadRecord, RawAnnotation, RawObject
 
 # set name -> (LMDB folder, [(year, image set)], shuffle)

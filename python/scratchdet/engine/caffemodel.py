@@ -1,21 +1,116 @@
-""".caffemodel and .solverstate files (caffe-ssd-spec §7, §5.4).
+""".caffemodel and .solverstate files (caffe-ssd-spec §7, §5.4): the one home of both formats.
 
-A ``.caffemodel`` is one binary ``NetParameter`` (``Net.to_proto``); loading copies blobs by layer
-name (``Net.copy_from``), V1 ``layers`` files included. A ``.solverstate`` is one binary
+A ``.caffemodel`` is one binary ``NetParameter``: ``net_to_proto`` makes it from a Net (each layer's
+configuration as Caffe's set-up leaves it, the Split layers Caffe inserts, the blobs) and
+``copy_trained_layers`` is ``CopyTrainedLayersFrom`` (blobs copied by layer name, V1 ``layers``
+files included); ``Net.to_proto``/``Net.copy_from`` call them. A ``.solverstate`` is one binary
 ``SolverState``. Files are written through a temporary file and renamed; unreadable, truncated or
 foreign files give a one-line error naming the file.
+
+Why here and not in ``caffe/``: the protobuf-only part (reading a file into a message, making a
+SolverState) is a few lines over ``caffe/io`` and ``caffe/schema``, which already hold the format
+itself; what is particular to these two files is their exchange with a torch Net and the solver's
+history, so reading, writing and the copy into a Net stay together in the engine rather than
+splitting one format over two layers again. Nothing below the engine reads or writes them.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..caffe import io
-from ..caffe.blobs import array_to_blob
+from ..caffe.blobs import array_to_blob, blob_shape, blob_to_array, shape_matches
 from ..caffe.schema import pb
+from ..caffe.upgrade import insert_splits, upgrade_v1
 from ..errors import ScratchDetError
 
+log = logging.getLogger(__name__)
+
+
+# -- a Net's content as a NetParameter and back --------------------------------------------------------
+
+def layer_config(net, i: int):
+    """Layer ``i``'s LayerParameter as Caffe's set-up leaves it: phase set, BatchNorm's three
+    ``param {lr_mult: 0}``, a loss layer's ``loss_weight: 1``, a layer's default
+    ``propagate_down`` (MultiBoxLoss: true, true, false, false)."""
+    layer = net.layers[i]
+    lp = pb.LayerParameter()
+    lp.CopyFrom(layer.lp)
+    del lp.blobs[:]
+    if not lp.HasField("phase"):
+        lp.phase = net.phase
+    if lp.type == "BatchNorm":
+        if len(lp.param) == 3:
+            del lp.param[:]
+        while len(lp.param) < 3:
+            lp.param.add(lr_mult=0)
+    if not lp.loss_weight and lp.top and net.loss_weights(layer.name)[0]:
+        lp.loss_weight.append(1.0)     # a loss layer's default weight, written back by its set-up
+    default = getattr(layer, "default_propagate_down", None)
+    if default is not None and not lp.propagate_down:
+        lp.propagate_down.extend(bool(v) for v in default)
+    return lp
+
+
+def net_to_proto(net, write_diff: bool = False):
+    """The NetParameter a ``.caffemodel`` holds: the net's name and one layer per layer of
+    Caffe's net (Split layers included) with its blobs."""
+    configured = pb.NetParameter(name=net.name)
+    for i in range(len(net.layers)):
+        configured.layer.append(net.layer_config(i))
+    out = insert_splits(configured)
+    j = 0
+    for lp in out.layer:
+        if j < len(net.layers) and lp.name == net.layers[j].name and lp.type == net.layers[j].lp.type:
+            layer = net.layers[j]
+            j += 1
+        else:           # a Split that insert_splits added
+            lp.phase = net.phase
+            continue
+        for t in layer.blobs():
+            data = t.detach().cpu().numpy()
+            diff = None
+            if write_diff:
+                grad = t.grad
+                diff = grad.detach().cpu().numpy() if grad is not None else np.zeros_like(data)
+            lp.blobs.append(array_to_blob(data, diff=diff))
+    return out
+
+
+@torch.no_grad()
+def copy_trained_layers(net, net_param, source: str = "caffemodel") -> list[str]:
+    """CopyTrainedLayersFrom: blobs of every source layer whose name is a layer of this net.
+    Blob count and shapes must match (legacy 4-D shapes compare right-aligned); all layers are
+    checked before anything is copied. Returns the names of source layers ignored."""
+    param = upgrade_v1(net_param)
+    by_name = {layer.name: i for i, layer in enumerate(net.layers)}
+    ignored, plan = [], []
+    for src in param.layer:
+        index = by_name.get(src.name)
+        if index is None:
+            ignored.append(src.name)
+            continue
+        layer = net.layers[index]
+        targets = layer.blobs()
+        if len(src.blobs) != len(targets):
+            raise ScratchDetError(f"{source}: layer {src.name!r}: incompatible number of blobs: the file has "
+                                  f"{len(src.blobs)}, the net's {layer.lp.type} layer has {len(targets)}")
+        for k, (blob, t) in enumerate(zip(src.blobs, targets)):
+            if not shape_matches(blob, t.shape):
+                raise ScratchDetError(f"{source}: layer {src.name!r}: cannot copy param {k} weights; shape mismatch: "
+                                      f"source {list(blob_shape(blob))}, target {list(t.shape)}")
+            plan.append((t, blob_to_array(blob, f"{source}: layer {src.name!r} blob {k}")))
+    for t, values in plan:
+        t.copy_(torch.from_numpy(values).reshape(t.shape).to(t.device))
+    for name in ignored:
+        log.info("Ignoring source layer %s", name)
+    return ignored
+
+
+# -- the files --------------------------------------------------------------------------------------------
 
 def _check_format(path) -> None:
     if str(path).endswith(".h5"):

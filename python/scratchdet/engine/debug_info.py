@@ -31,7 +31,7 @@ class DebugPass:
     forward lines; after ``loss.backward()``, ``backward()`` logs the backward lines."""
 
     def __init__(self, net, log):
-        from .net import insert_splits
+        from ..caffe.upgrade import insert_splits
         self.net = net
         self.log = log
         # Caffe's layer list: ours with the Split layers it inserts; bottoms renamed as Caffe names them

@@ -9,29 +9,24 @@ the gradients, which is what Caffe's Split does. ``propagate_down: false`` detac
 loss layers weigh their first top by 1 unless ``loss_weight`` says otherwise.
 
 Parameters are every blob of every layer in Caffe's learnable_params order (net order, blob order);
-``to_proto`` gives the ``.caffemodel`` content (each layer's configuration as Caffe's set-up leaves
-it, the auto-inserted Split layers included, plus blobs) and ``copy_from`` is
-``CopyTrainedLayersFrom``.
+``to_proto`` (the ``.caffemodel`` content) and ``copy_from`` (``CopyTrainedLayersFrom``) are
+implemented in ``engine/caffemodel.py``, the one home of the caffemodel format.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..caffe.blobs import array_to_blob, blob_shape, blob_to_array, shape_matches
 from ..caffe.netstate import filter_net
-from ..caffe.schema import pb
 from ..caffe.shapes import infer
+from ..caffe.upgrade import upgrade_inputs
 from ..errors import ScratchDetError
+from . import caffemodel
 from .fast import COMPUTE_TYPES, FastPath, FastPlan
 from .layers import build_layer
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class ParamInfo:
@@ -42,139 +37,6 @@ class ParamInfo:
     lr_mult: float
     decay_mult: float
     learnable: bool
-
-
-# -- upgrades of old formats (Caffe's upgrade_proto) ---------------------------------------------------
-
-V1_TYPES = {
-    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL", "CONCAT": "Concat",
-    "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution", "DATA": "Data",
-    "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData",
-    "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten",
-    "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col",
-    "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct",
-    "LRN": "LRN", "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
-    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
-    "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
-    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
-}
-
-
-def upgrade_v1(net_param):
-    """A copy of ``net_param`` with legacy V1 ``layers`` (field 2) turned into ``layer`` entries:
-    name, type string, bottoms, tops, rules, ``blobs_lr``/``weight_decay`` as ParamSpecs, blobs.
-    (Layer-specific V1 parameters are not kept; only weights are read from V1 files.)"""
-    if not net_param.layers:
-        return net_param
-    if net_param.layer:
-        raise ScratchDetError("net has both 'layer' and legacy 'layers' entries")
-    out = pb.NetParameter()
-    out.CopyFrom(net_param)
-    del out.layers[:]
-    enum = pb.V1LayerParameter.LayerType
-    for v1 in net_param.layers:
-        lp = out.layer.add(name=v1.name, type=V1_TYPES.get(enum.Name(v1.type), enum.Name(v1.type)))
-        lp.bottom.extend(v1.bottom)
-        lp.top.extend(v1.top)
-        lp.include.extend(v1.include)
-        lp.exclude.extend(v1.exclude)
-        for i in range(max(len(v1.blobs_lr), len(v1.weight_decay))):
-            spec = lp.param.add()
-            if i < len(v1.blobs_lr):
-                spec.lr_mult = v1.blobs_lr[i]
-            if i < len(v1.weight_decay):
-                spec.decay_mult = v1.weight_decay[i]
-        lp.blobs.extend(v1.blobs)
-    return out
-
-
-def upgrade_inputs(net_param):
-    """The deprecated ``input`` + ``input_shape``/``input_dim`` fields as a leading Input layer
-    named "input" (Caffe's UpgradeNetInput)."""
-    if not net_param.input:
-        return net_param
-    out = pb.NetParameter()
-    out.CopyFrom(net_param)
-    del out.layer[:], out.input[:], out.input_shape[:], out.input_dim[:]
-    layer = out.layer.add(name="input", type="Input")
-    if net_param.input_shape and len(net_param.input_shape) != len(net_param.input):
-        raise ScratchDetError(f"net has {len(net_param.input)} inputs and {len(net_param.input_shape)} input_shape entries")
-    if not net_param.input_shape and len(net_param.input_dim) != 4 * len(net_param.input):
-        raise ScratchDetError(f"net has {len(net_param.input)} inputs and {len(net_param.input_dim)} input_dim values "
-                              "(need 4 per input)")
-    for i, name in enumerate(net_param.input):
-        layer.top.append(name)
-        shape = layer.input_param.shape.add()
-        if net_param.input_shape:
-            shape.dim.extend(net_param.input_shape[i].dim)
-        else:
-            shape.dim.extend(net_param.input_dim[4 * i:4 * i + 4])
-    out.layer.extend(net_param.layer)
-    return out
-
-
-# -- Caffe's InsertSplits, for writing caffemodels with the layers Caffe's net holds ---------------------
-
-def split_layer_name(layer: str, blob: str, top_index: int) -> str:
-    return f"{blob}_{layer}_{top_index}_split"
-
-
-def split_blob_name(layer: str, blob: str, top_index: int, k: int) -> str:
-    return f"{blob}_{layer}_{top_index}_split_{k}"
-
-
-def insert_splits(net_param):
-    """A copy of ``net_param`` where every top read more than once (a nonzero explicit loss weight
-    counts as a reader) feeds a Split layer placed right after its producer, each reader taking its
-    own Split output: the layer list Caffe's ``Net`` builds."""
-    last_top: dict[str, tuple[int, int]] = {}
-    source: dict[tuple[int, int], tuple[int, int]] = {}
-    readers: dict[tuple[int, int], int] = {}
-    loss_weight: dict[tuple[int, int], float] = {}
-    for i, lp in enumerate(net_param.layer):
-        for j, b in enumerate(lp.bottom):
-            if b not in last_top:
-                raise ScratchDetError(f"layer {lp.name!r}: unknown bottom blob {b!r}")
-            source[(i, j)] = last_top[b]
-            readers[last_top[b]] = readers.get(last_top[b], 0) + 1
-        for j, t in enumerate(lp.top):
-            last_top[t] = (i, j)
-        for j in range(min(len(lp.loss_weight), len(lp.top))):
-            idx = last_top[lp.top[j]]
-            loss_weight[idx] = lp.loss_weight[j]
-            if lp.loss_weight[j]:
-                readers[idx] = readers.get(idx, 0) + 1
-    out = pb.NetParameter()
-    out.CopyFrom(net_param)
-    del out.layer[:]
-    next_split: dict[tuple[int, int], int] = {}
-    for i, lp in enumerate(net_param.layer):
-        new = out.layer.add()
-        new.CopyFrom(lp)
-        for j, b in enumerate(lp.bottom):
-            idx = source[(i, j)]
-            if readers.get(idx, 0) > 1:
-                producer = net_param.layer[idx[0]].name
-                k = next_split.get(idx, 0)
-                new.bottom[j] = split_blob_name(producer, b, idx[1], k)
-                next_split[idx] = k + 1
-        for j, t in enumerate(lp.top):
-            idx = (i, j)
-            count = readers.get(idx, 0)
-            if count <= 1:
-                continue
-            weight = loss_weight.get(idx, 0.0)
-            split = out.layer.add(name=split_layer_name(lp.name, t, j), type="Split")
-            split.bottom.append(t)
-            for k in range(count):
-                split.top.append(split_blob_name(lp.name, t, j, k))
-                if weight:
-                    split.loss_weight.append(weight if k == 0 else 0.0)
-            if weight:
-                del new.loss_weight[:]
-                next_split[idx] = 1     # the loss takes the first Split output
-    return out
 
 
 # -- the net --------------------------------------------------------------------------------------------
@@ -216,7 +78,7 @@ class Net(nn.Module):
         self.source = source
         self.phase = phase
         self.name = net_param.name
-        param = upgrade_inputs(filter_net(net_param, phase, level, tuple(stages)))
+        param = upgrade_inputs(filter_net(net_param, phase, level, tuple(stages)), source)
         self.param = param
         self._check_names(param, source)
         shapes = infer(param, None, source)
@@ -451,77 +313,15 @@ class Net(nn.Module):
             for layer in self.layers:
                 layer.fill(generator)
 
-    # -- caffemodel content -------------------------------------------------------------------------
+    # -- caffemodel content (engine/caffemodel.py) ------------------------------------------------
     def layer_config(self, i: int):
-        """Layer ``i``'s LayerParameter as Caffe's set-up leaves it: phase set, BatchNorm's three
-        ``param {lr_mult: 0}``, a loss layer's ``loss_weight: 1``, a layer's default
-        ``propagate_down`` (MultiBoxLoss: true, true, false, false)."""
-        layer = self.layers[i]
-        lp = pb.LayerParameter()
-        lp.CopyFrom(layer.lp)
-        del lp.blobs[:]
-        if not lp.HasField("phase"):
-            lp.phase = self.phase
-        if lp.type == "BatchNorm":
-            if len(lp.param) == 3:
-                del lp.param[:]
-            while len(lp.param) < 3:
-                lp.param.add(lr_mult=0)
-        if _is_loss(layer) and not lp.loss_weight and lp.top:
-            lp.loss_weight.append(1.0)
-        default = getattr(layer, "default_propagate_down", None)
-        if default is not None and not lp.propagate_down:
-            lp.propagate_down.extend(bool(v) for v in default)
-        return lp
+        """Layer ``i``'s LayerParameter as Caffe's set-up leaves it (``caffemodel.layer_config``)."""
+        return caffemodel.layer_config(self, i)
 
     def to_proto(self, write_diff: bool = False):
-        """The NetParameter a ``.caffemodel`` holds: the net's name and one layer per layer of
-        Caffe's net (Split layers included) with its blobs."""
-        configured = pb.NetParameter(name=self.name)
-        for i in range(len(self.layers)):
-            configured.layer.append(self.layer_config(i))
-        out = insert_splits(configured)
-        j = 0
-        for lp in out.layer:
-            if j < len(self.layers) and lp.name == self.layers[j].name and lp.type == self.layers[j].lp.type:
-                layer = self.layers[j]
-                j += 1
-            else:           # a Split that insert_splits added
-                lp.phase = self.phase
-                continue
-            for t in layer.blobs():
-                data = t.detach().cpu().numpy()
-                diff = None
-                if write_diff:
-                    grad = t.grad
-                    diff = grad.detach().cpu().numpy() if grad is not None else np.zeros_like(data)
-                lp.blobs.append(array_to_blob(data, diff=diff))
-        return out
+        """The NetParameter a ``.caffemodel`` holds (``caffemodel.net_to_proto``)."""
+        return caffemodel.net_to_proto(self, write_diff)
 
-    @torch.no_grad()
     def copy_from(self, net_param, source: str = "caffemodel") -> list[str]:
-        """CopyTrainedLayersFrom: blobs of every source layer whose name is a layer of this net.
-        Blob count and shapes must match (legacy 4-D shapes compare right-aligned); all layers are
-        checked before anything is copied. Returns the names of source layers ignored."""
-        param = upgrade_v1(net_param)
-        ignored, plan = [], []
-        for src in param.layer:
-            index = self._by_name.get(src.name)
-            if index is None:
-                ignored.append(src.name)
-                continue
-            layer = self.layers[index]
-            targets = layer.blobs()
-            if len(src.blobs) != len(targets):
-                raise ScratchDetError(f"{source}: layer {src.name!r}: incompatible number of blobs: the file has "
-                                      f"{len(src.blobs)}, the net's {layer.lp.type} layer has {len(targets)}")
-            for k, (blob, t) in enumerate(zip(src.blobs, targets)):
-                if not shape_matches(blob, t.shape):
-                    raise ScratchDetError(f"{source}: layer {src.name!r}: cannot copy param {k} weights; shape mismatch: "
-                                          f"source {list(blob_shape(blob))}, target {list(t.shape)}")
-                plan.append((t, blob_to_array(blob, f"{source}: layer {src.name!r} blob {k}")))
-        for t, values in plan:
-            t.copy_(torch.from_numpy(values).reshape(t.shape).to(t.device))
-        for name in ignored:
-            log.info("Ignoring source layer %s", name)
-        return ignored
+        """CopyTrainedLayersFrom (``caffemodel.copy_trained_layers``); the ignored source layers."""
+        return caffemodel.copy_trained_layers(self, net_param, source)
