@@ -77,7 +77,9 @@ def resolve(variant: Variant, **overrides) -> Variant:
         width = o.get("width", v.arch.width)
         if not isinstance(width, (int, float)) or not 0 < width <= 8:
             _fail(v, f"width must be a number in (0, 8], got {width!r}")
-        if v.arch.family == "rootres":
+        if v.arch.rebuild is not None:
+            arch = v.arch.rebuild(size, float(width), sources)
+        elif v.arch.family == "rootres":
             arch = registry.demo_rootres_arch(size, float(width), sources, v.arch.bn_head)
         else:
             arch = registry.demo_vgg_arch(v.arch.vgg.bn, v.arch.bn_head, size, float(width), sources)

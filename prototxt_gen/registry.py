@@ -92,6 +92,7 @@ class Arch:
     width: float = 1.0
     sources: int = 6
     family: str = ""                # demo family ("rootres" | "vgg") for rebuilding at other sizes
+    rebuild: object = None          # or a callable (input_size, width, sources) -> Arch doing it
     head_small_init: bool = False   # head convs without BN: gaussian 0.01 weights instead of xavier
     unit_strides: bool = False      # write stride: 1 where the authors' scripts do (released profile)
 
@@ -398,7 +399,8 @@ def _demo() -> list[Variant]:
 
 def _build_all() -> dict[str, Variant]:
     variants: dict[str, Variant] = {}
-    for v in _table1() + _table2() + _figure3() + _scratchdet() + _ssd300() + _demo():
+    from .mini_paper import mini_variants     # below: it builds on this module's demo nets
+    for v in _table1() + _table2() + _figure3() + _scratchdet() + _ssd300() + _demo() + mini_variants():
         if v.id in variants:
             raise AssertionError(f"duplicate variant id {v.id}")
         variants[v.id] = v

@@ -12,6 +12,7 @@ from .errors import ScratchDetError
 # name -> (module, one-line help)
 COMMANDS = {
     "run": ("scratchdet.pipeline", "run a whole experiment (data, gen, train, test, compare, plot); --dry-run prints it"),
+    "mini-paper": ("scratchdet.mini_paper", "the paper's Table 1 and Table 2 / Figure 3 claims at CPU scale, over seeds"),
     "gen": ("prototxt_gen.cli", "emit train/test/deploy/solver prototxts and train.sh for paper variants"),
     "summary": ("scratchdet.caffe.summary", "per-layer shapes, parameters, priors and multiply-adds of a prototxt"),
     "data": ("scratchdet.data.cli", "build and check SSD AnnotatedDatum LMDBs (voc, coco, synthetic, check)"),

@@ -181,6 +181,28 @@ def plot_runs(runs: list[tuple[str, RunRecord]], out_dir, window: int = FLUCTUAT
     return written
 
 
+def plot_grouped_bars(groups: list[str], series: dict[str, list], path, title: str, ylabel: str) -> Path:
+    """One bar per series in each group, with an error bar: ``series`` = {name: [(mean, sd) or None
+    per group]} (None: no value, no bar). For AP by object size over seeds."""
+    import matplotlib
+    colors = matplotlib.colormaps["tab10"].colors
+    fig, (ax,) = _new_figure(width=7.2)
+    width = 0.8 / max(len(series), 1)
+    for k, (name, values) in enumerate(series.items()):
+        xs = [g + (k - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        pts = [(x, v) for x, v in zip(xs, values) if v is not None]
+        if pts:
+            ax.bar([x for x, _ in pts], [v[0] for _, v in pts], width, yerr=[v[1] for _, v in pts],
+                   capsize=3, color=colors[k % len(colors)], label=name)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
 def distinct_labels(names: list[str], paths: list[str]) -> list[str]:
     """``names`` as given where unique; runs that share one get ``name (path)`` with the fewest
     trailing path parts that tell them apart (the file name, else its folders too)."""
