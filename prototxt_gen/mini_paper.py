@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from scratchdet.report import paper
+from scratchdet import paper
 
 from .backbones import ResidualExtra, ResNetSpec
 

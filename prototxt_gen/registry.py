@@ -4,7 +4,7 @@ baseline, and small synthetic-data nets built by the same code.
 Ids (``scratchdet gen --list`` prints them all):
 
 * ``table1_<config>_lr<lr>``: the 18 cells of Table 1 (VGG16 SSD300, BatchNorm switches x base lr);
-  ``<config>`` is one of ``scratchdet.report.paper.TABLE1_CONFIGS``.
+  ``<config>`` is one of ``scratchdet.paper.TABLE1_CONFIGS``.
 * ``table2_<ds|nods>_<n>x<k>``: the 10 rows of Table 2 (ResNet-18, first conv with or without
   downsampling, root block of n k x k convs).
 * ``fig3_resnet18``, ``fig3_resnet18_a``, ``fig3_resnet18_b``, ``fig3_root_resnet18``: Figure 3.
@@ -21,7 +21,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from scratchdet.errors import ScratchDetError
-from scratchdet.report import paper
+from scratchdet import paper
 
 from .backbones import PAPER_EXTRAS, RELEASED_EXTRAS, ResidualExtra, ResNetSpec, VGGSpec, resnet18, root_resnet34
 from .solver import Schedule
@@ -107,7 +107,7 @@ class Variant:
     table: str                # "Table 1", "Table 2", "Figure 3", "ScratchDet300", "Root-ResNet-18", "SSD300", "demo"
     cell: str                 # the row / cell / configuration in words
     data: DataSpec
-    paper_key: str | None     # key into scratchdet.report.paper.RESULTS; None: no paper number
+    paper_key: str | None     # key into scratchdet.paper.RESULTS; None: no paper number
     schedule: Schedule
     profile: str              # "paper", "released" (the authors' scripts), "ssd" (SSD's), "demo"
     arch: Arch

@@ -16,7 +16,7 @@ from scratchdet import cli
 from scratchdet.caffe import shapes
 from scratchdet.caffe.netstate import TRAIN
 from scratchdet.errors import ScratchDetError
-from scratchdet.report import paper
+from scratchdet import paper
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -55,6 +55,15 @@ def _plain_numpy_repr() -> None:
         pass
 
 
+def _install_registry() -> None:
+    """The score card and plots name variants and their paper numbers from the generators' registry;
+    report/ sits below prototxt_gen, so the top layer hands it down (loaded here, as the commands are,
+    only when used)."""
+    from prototxt_gen import registry
+    from .report import variants
+    variants.install_registry(registry)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
@@ -67,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scratchdet: error: '{args.command}' is not available in this build", file=sys.stderr)
         return 2
     _plain_numpy_repr()
+    if args.command in ("compare", "plot"):
+        _install_registry()
     old_term = _install_sigterm()
     try:
         return int(importlib.import_module(args._module).main(args) or 0)

@@ -466,7 +466,7 @@ def _small_gain_claim(cells: dict, low: str, high: str) -> Claim:
 # -- report -------------------------------------------------------------------------------------------
 
 def _paper_cell(name: str, lr: float) -> str:
-    from .report import paper
+    from . import paper
     config = nets.TABLE1_BN[name][2]
     r = paper.lookup(paper.table1_key(config, lr))
     return "NAN" if r.is_nan else f"{r.value:g}"

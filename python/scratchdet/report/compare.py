@@ -72,13 +72,13 @@ def score(rec: RunRecord, variant: str | None = None, paper_key: str | None = No
     if paper_key is None and variant:
         paper_key = variants.paper_key_for(variant)
         if paper_key is None and variants.registry() is None:
-            notes.append("prototxt_gen.registry not importable: give --paper-key to compare with the paper")
+            notes.append("no variant registry installed: give --paper-key to compare with the paper")
         elif paper_key is None and variants.registry_variant(variant) is None:
             notes.append(f"variant {variant!r} is not in the registry")
     try:
         result = variants.paper_result(paper_key)
     except ScratchDetError:   # a registry key that the paper's table lacks: report it, score on
-        notes.append(f"paper key {paper_key!r} (from the registry) is not in scratchdet.report.paper")
+        notes.append(f"paper key {paper_key!r} (from the registry) is not in scratchdet.paper")
         result = None
     final = rec.final_map
     best = rec.best_map

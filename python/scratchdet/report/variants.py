@@ -2,30 +2,35 @@
 
 The variant comes from the user (``--variant``), else from the log's path as the runner lays runs
 out (``runs/<dataset>/<variant>/train.log``), else from the snapshot prefix or the net name the log
-prints. The paper's number comes from the variant's ``paper_key`` in ``prototxt_gen.registry``
-when that module is importable, or from a key given by the user (``scratchdet.report.paper``).
+prints. The paper's number comes from the variant's ``paper_key`` in the registry the command layer
+installs (``install_registry``), or from a key given by the user (``scratchdet.paper``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import ScratchDetError
-from . import paper
+from .. import paper
 from .logparse import RunRecord
 
 NET_SUFFIXES = ("_train", "_test", "_deploy")
 
 
+_registry = None
+
+
+def install_registry(reg) -> None:
+    """Give this module the variant registry (``prototxt_gen.registry``, or any object with
+    ``all_variants()``). report/ sits below prototxt_gen and never imports it; the command layer
+    installs it before ``compare`` and ``plot`` run. Without one, variants come from the runs layout
+    and net names, and paper numbers from ``--paper-key``."""
+    global _registry
+    _registry = reg
+
+
 def registry():
-    """``prototxt_gen.registry``, or None when the generators are not installed beside the library
-    (a registry that fails to build is a bug and raises: it must not turn into "no paper number")."""
-    try:
-        from prototxt_gen import registry as reg
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("prototxt_gen", "prototxt_gen.registry"):
-            raise
-        return None
-    return reg
+    """The installed registry, or None."""
+    return _registry
 
 
 def known_variant_ids() -> set[str] | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ScratchDetError
+
 NAN = None  # the paper's "NAN": training did not converge
 
 
@@ -108,6 +110,5 @@ def lookup(key: str) -> PaperResult:
     try:
         return RESULTS[key]
     except KeyError:
-        from ..errors import ScratchDetError
         raise ScratchDetError(f"no paper result {key!r}; known keys start with "
                               f"{sorted({k.split('/')[0] for k in RESULTS})}") from None
