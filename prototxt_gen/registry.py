@@ -20,57 +20,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from scratchdet.errors import ScratchDetError
 from scratchdet import paper
+from scratchdet.datasets import DATASETS, DataSpec
+from scratchdet.errors import ScratchDetError
 
 from .backbones import PAPER_EXTRAS, RELEASED_EXTRAS, ResidualExtra, ResNetSpec, VGGSpec, resnet18, root_resnet34
 from .solver import Schedule
-
-# -- data sets ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """A training/test set as the nets see it. Paths are relative to the repository root."""
-    key: str
-    folder: str                   # models/<folder>/<id>, runs/<folder>/<id>
-    num_classes: int
-    label_map: str
-    train_lmdb: str               # under the LMDB dir
-    test_lmdb: str
-    name_size: str
-    num_test_image: int
-    prior_ratios: tuple           # (min_ratio, max_ratio, (first min %, first max %)) of SSD's rule
-    use_difficult_gt: bool = True
-    force_color: bool = False
-    output_format: str = "VOC"
-    output_prefix: str = "comp4_det_test_"
-    results: str = "results"      # under the run folder
-    in_training_test: bool = True  # False: the test set has no ground truth (evaluation server)
-    description: str = ""
-
-
-DATASETS = {
-    "voc07": DataSpec("voc07", "VOC0712", 21, "data/VOC0712/labelmap_voc.prototxt", "VOC0712_trainval_lmdb",
-                      "VOC0712_test_lmdb", "data/VOC0712/test_name_size.txt", 4952, (20, 90, (10, 20)),
-                      results="results/VOC2007/Main",
-                      description="VOC2007+2012 trainval (16,551 images), VOC2007 test (4,952)"),
-    # 07++12 trains on VOC2007 test too, so nothing is left to test on during training: the test
-    # net writes comp4 files for VOC2012 test (10,991 images) for the evaluation server.
-    "voc12": DataSpec("voc12", "VOC0712Plus", 21, "data/VOC0712/labelmap_voc.prototxt",
-                      "VOC0712Plus_trainval_lmdb", "VOC2012_test_lmdb", "data/VOC0712Plus/test_name_size.txt",
-                      10991, (20, 90, (10, 20)), results="results/VOC2012/Main", in_training_test=False,
-                      description="VOC2007 trainval+test + VOC2012 trainval (07++12), VOC2012 test on the server"),
-    "coco": DataSpec("coco", "coco", 81, "data/coco/labelmap_coco.prototxt", "coco_trainval35k_lmdb",
-                     "coco_minival_lmdb", "data/coco/minival2014_name_size.txt", 5000, (15, 90, (7, 15)),
-                     use_difficult_gt=False, force_color=True, output_format="COCO",
-                     output_prefix="detections_minival_ssd300_results",
-                     description="COCO trainval35k, minival2014 (5,000 images) for testing"),
-    "synthetic": DataSpec("synthetic", "synthetic", 5, "data/labelmap_synthetic.prototxt", "synthetic_trainval_lmdb",
-                          "synthetic_test_lmdb", "data/synthetic_test_name_size.txt", 300, (20, 90, (10, 20)),
-                          results="results/Main",
-                          description="the embedded synthetic shapes (1500 images: 1200 trainval, 300 test)"),
-}
 
 # -- architectures -----------------------------------------------------------------------------------
 

@@ -15,16 +15,18 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..datasets import DATASETS
 from ..errors import ScratchDetError
 from . import labelmap as lm
 from .entries import Entry, shuffled
 from .record import BadRecord, RawAnnotation, RawObject
 
+_COCO = DATASETS["coco"]   # the paper's COCO sets are the 2014 layout's
 # set -> (LMDB folder, [(annotation set, image folder)], shuffle, name-size file or None)
 COCO_SETS = {
     "2014": {
-        "trainval35k": ("coco_trainval35k_lmdb", [("train2014", "train2014"), ("valminusminival2014", "val2014")], True, None),
-        "minival": ("coco_minival_lmdb", [("minival2014", "val2014")], False, "minival2014_name_size.txt"),
+        "trainval35k": (_COCO.train_lmdb, [("train2014", "train2014"), ("valminusminival2014", "val2014")], True, None),
+        "minival": (_COCO.test_lmdb, [("minival2014", "val2014")], False, PurePosixPath(_COCO.name_size).name),
     },
     "2017": {
         "train2017": ("coco_train2017_lmdb", [("train2017", "train2017")], True, None),

@@ -20,16 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets import DATASETS
 from ..errors import ScratchDetError
 from .entries import Entry, read_annotation_bytes, shuffled
 from .record import BadRecord, RawAnnotation, RawObject
 
+_VOC07, _VOC12 = DATASETS["voc07"], DATASETS["voc12"]
 # set name -> (LMDB folder, [(year, image set)], shuffle)
 VOC_SETS = {
-    "trainval": ("VOC0712_trainval_lmdb", [("2007", "trainval"), ("2012", "trainval")], True),
-    "test": ("VOC0712_test_lmdb", [("2007", "test")], False),
-    "plus": ("VOC0712Plus_trainval_lmdb", [("2007", "trainval"), ("2007", "test"), ("2012", "trainval")], True),
-    "test12": ("VOC2012_test_lmdb", [("2012", "test")], False),
+    "trainval": (_VOC07.train_lmdb, [("2007", "trainval"), ("2012", "trainval")], True),
+    "test": (_VOC07.test_lmdb, [("2007", "test")], False),
+    "plus": (_VOC12.train_lmdb, [("2007", "trainval"), ("2007", "test"), ("2012", "trainval")], True),
+    "test12": (_VOC12.test_lmdb, [("2012", "test")], False),
 }
 LIST_NAMES = {"trainval": "trainval.txt", "test": "test.txt", "plus": "trainval_plus.txt", "test12": "test.txt"}
 UNANNOTATED = {"test12"}        # sets without public annotations: records with no annotation groups
