@@ -1,8 +1,10 @@
-"""``scratchdet run``: the whole pipeline of DESIGN.md §1 for one experiment, as shell commands.
+"""``scratchdet run``: the whole pipeline of DESIGN.md §1 for one experiment, as a plan of steps.
 
-Each experiment is a list of ``scratchdet`` commands a user could type (data -> LMDB, gen, train,
-test, compare, plot). ``--dry-run`` prints them; otherwise they run in order and the first failure
-stops the run. Missing raw data stops at once with the exact commands that prepare it.
+Each experiment is a list of ``Step``s, each a ``scratchdet`` command a user could type (data ->
+LMDB, gen, train, test, detect, compare, plot) with what it is (``kind``), the variant it belongs to,
+and what it writes. ``--dry-run`` prints them; otherwise they run in order and the first failure stops
+the run. Missing raw data stops at once with the exact commands that prepare it. Which steps a
+diverged training skips is decided on those fields, never by reading the command text back.
 """
 from __future__ import annotations
 
@@ -14,62 +16,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prototxt_gen import build, registry
+
+from .datasets import DATASETS, LMDB_DIR
 from .errors import EXIT_DIVERGED, ScratchDetError
-
-LMDB_DIR = "data/lmdb"
-VOC_URLS = (
-    "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar",
-    "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
-    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-)
-COCO_URLS = (
-    "http://images.cocodataset.org/zips/train2014.zip",
-    "http://images.cocodataset.org/zips/val2014.zip",
-    "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
-    # minival2014 / valminusminival2014 split files, as SSD's data/coco/README describes
-    "https://dl.dropboxusercontent.com/s/o43o90bna78omob/instances_minival2014.json.zip",
-    "https://dl.dropboxusercontent.com/s/s3tw5zcg7395368/instances_valminusminival2014.json.zip",
-)
-
-
-@dataclass
-class DataSpec:
-    """Where an experiment's LMDBs come from and how to make them."""
-    dataset: str                     # folder name under models/ and runs/
-    lmdbs: tuple[str, ...]           # LMDB folder names under the LMDB dir
-    raw_env: str                     # variable naming the raw data folder
-    raw_default: str
-    raw_marker: str                  # a path inside the raw folder that must exist
-    build: str                       # scratchdet command that converts raw -> LMDBs ({raw}, {lmdb})
-    download: tuple[str, ...] = ()   # shell lines that fetch the raw data ({raw})
-
-    def raw_folder(self, given: str | None = None) -> str:
-        """The raw data folder: ``given``, else the environment variable, else the default."""
-        return given or os.environ.get(self.raw_env) or self.raw_default
-
-
-DATA = {
-    "voc07": DataSpec(
-        "VOC0712", ("VOC0712_trainval_lmdb", "VOC0712_test_lmdb"), "VOC_ROOT", "data/VOCdevkit",
-        "VOC2007/Annotations", "scratchdet data voc --devkit {raw} --out {lmdb}",
-        tuple(f"wget -c {u} -P {{parent}} && tar -xf {{parent}}/{u.rsplit('/', 1)[1]} -C {{parent}}"
-              for u in VOC_URLS)),
-    "voc12": DataSpec(
-        "VOC0712Plus", ("VOC0712Plus_trainval_lmdb",), "VOC_ROOT", "data/VOCdevkit",
-        "VOC2012/Annotations", "scratchdet data voc --devkit {raw} --voc12 --skip-existing --out {lmdb}",
-        tuple(f"wget -c {u} -P {{parent}} && tar -xf {{parent}}/{u.rsplit('/', 1)[1]} -C {{parent}}"
-              for u in VOC_URLS)
-        + ("# optional, for the VOC2012 test LMDB (comp4 submissions): VOC2012test.tar from the PASCAL "
-           "evaluation server (registration), extracted into {parent}",)),
-    "coco": DataSpec(
-        "coco", ("coco_trainval35k_lmdb", "coco_minival_lmdb"), "COCO_ROOT", "data/coco",
-        "annotations", "scratchdet data coco --root {raw} --out {lmdb}",
-        tuple(f"wget -c {u} -P {{raw}} && unzip -q -o {{raw}}/{u.rsplit('/', 1)[1]} -d {{raw}}"
-              for u in COCO_URLS)),
-    "synthetic": DataSpec(
-        "synthetic", ("synthetic_trainval_lmdb", "synthetic_test_lmdb"), "SYNTH_ROOT", "data/synthetic",
-        "SYNTH/ImageSets", "scratchdet data synthetic --out {raw} --images {images} --seed 0 --lmdb {lmdb}"),
-}
 
 # make target -> (data key, variant ids)
 EXPERIMENTS = {
@@ -79,9 +29,11 @@ EXPERIMENTS = {
     "coco_rootres34": ("coco", ("coco_rootres34",)),
 }
 
+SAMPLE_IMAGES = "{sample_test_images}"   # shown in place of the images a detect step gets when it runs
+NEEDS_WEIGHTS = ("test", "detect")       # step kinds that read a variant's trained weights
+
 
 def _table_variants(prefix: str) -> tuple[str, ...]:
-    from prototxt_gen import registry
     return tuple(v.id for v in registry.all_variants() if v.id.startswith(prefix))
 
 
@@ -89,12 +41,52 @@ class DataMissing(Exception):
     """Raw data and LMDBs are absent: the message lists the commands that prepare them."""
 
 
+@dataclass(frozen=True)
+class Step:
+    """One command of a plan. ``argv`` is what runs (``argv[0]`` is ``scratchdet``); ``kind`` is the
+    subcommand; ``variant`` the variant whose files it makes or reads (None: the data set, or several
+    variants); ``produces`` the files and folders it writes. ``sample_images``: the synthetic set's
+    held-out images are appended when it runs (the set exists only by then)."""
+    argv: tuple[str, ...]
+    kind: str
+    variant: str | None = None
+    produces: tuple[str, ...] = ()
+    sample_images: bool = False
+
+    def __str__(self) -> str:
+        text = shlex.join(self.argv)
+        return f"{text} {SAMPLE_IMAGES}" if self.sample_images else text
+
+    @classmethod
+    def typed(cls, command: str) -> "Step":
+        """A step from a command line as a user would type it, for plans written by hand. The variant
+        is the folder of the ``--solver`` (train) or ``--model`` (test, detect) file, as the runner
+        lays models out (``models/<dataset>/<variant>/``)."""
+        argv = shlex.split(command)
+        sample = bool(argv) and argv[-1] == SAMPLE_IMAGES
+        argv = argv[:-1] if sample else argv
+        kind = argv[1] if len(argv) > 1 else ""
+        flag = {"train": "--solver", "test": "--model", "detect": "--model"}.get(kind)
+        variant = None
+        if flag in argv and argv.index(flag) + 1 < len(argv):
+            variant = Path(argv[argv.index(flag) + 1]).parent.as_posix()
+        return cls(tuple(argv), kind, variant, sample_images=sample)
+
+
+def _step(kind: str, *args, variant: str | None = None, produces: tuple[str, ...] = (),
+          sample_images: bool = False) -> Step:
+    return Step(("scratchdet", kind, *(str(a) for a in args)), kind, variant, produces, sample_images)
+
+
 @dataclass
 class Plan:
     name: str
-    commands: list[str] = field(default_factory=list)
+    commands: list[Step] = field(default_factory=list)   # a command line given as text becomes Step.typed
     notes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)     # where the results are, printed at the end
+
+    def __post_init__(self):
+        self.commands = [Step.typed(c) if isinstance(c, str) else c for c in self.commands]
 
 
 def gpu_flag(requested: int) -> tuple[str, str]:
@@ -126,44 +118,39 @@ def plan_experiment(target: str, lmdb_dir: str = LMDB_DIR, gpus: int = 4,
     else:
         raise ScratchDetError(f"unknown experiment {target!r}; known: "
                               f"{', '.join(sorted(EXPERIMENTS) + ['table1', 'table2'])}")
-    spec = DATA[data_key]
+    spec = DATASETS[data_key]
     plan = Plan(target)
     raw = spec.raw_folder(raw_root)
     missing = [d for d in spec.lmdbs if not (Path(lmdb_dir) / d / "data.mdb").exists()]
     if missing:
         if not (Path(raw) / spec.raw_marker).exists():
             lines = [line.format(raw=raw, parent=Path(raw).parent) for line in spec.download]
-            lines.append(spec.build.format(raw=raw, lmdb=lmdb_dir))
+            lines.append(shlex.join(spec.build_argv(raw=raw, lmdb=lmdb_dir)))
             raise DataMissing(
                 f"{target}: no LMDB {Path(lmdb_dir) / missing[0]} and no raw data at {raw}/{spec.raw_marker} "
                 f"(or point {spec.raw_env}=DIR / LMDB_DIR=DIR at existing data).\n"
                 "Prepare it with:\n  " + "\n  ".join(lines))
-        plan.commands.append(spec.build.format(raw=raw, lmdb=lmdb_dir))
+        plan.commands.append(Step(tuple(spec.build_argv(raw=raw, lmdb=lmdb_dir)), "data",
+                                  produces=tuple(f"{lmdb_dir}/{d}" for d in spec.lmdbs)))
     gpu, note = gpu_flag(gpus)
     if note:
         plan.notes.append(note)
-    lmdb_opt = "" if lmdb_dir == LMDB_DIR else f" --lmdb-dir {shlex.quote(lmdb_dir)}"
+    own_lmdb_dir = lmdb_dir != LMDB_DIR   # the nets then point elsewhere: generate them under the run
     for vid in variants:
-        run_dir = f"runs/{spec.dataset}/{vid}"
-        model_dir = f"models/{spec.dataset}/{vid}" if not lmdb_opt else f"{run_dir}/models/{spec.dataset}/{vid}"
-        out = "models" if not lmdb_opt else f"{run_dir}/models"
-        plan.commands.append(f"scratchdet gen {vid} --out {out}{lmdb_opt}")
-        plan.commands.append(f"scratchdet train --solver {model_dir}/solver.prototxt --gpu {gpu} "
-                             f"--log {run_dir}/train.log")
-        plan.commands.append(f"scratchdet compare {run_dir}/train.log --variant {vid}")
-    logs = " ".join(f"runs/{spec.dataset}/{v}/train.log" for v in variants)
-    plan.commands.append(f"scratchdet plot {logs} --out runs/{spec.dataset}/{target}_plots")
+        run_dir = f"runs/{spec.folder}/{vid}"
+        out = f"{run_dir}/models" if own_lmdb_dir else "models"
+        model_dir = f"{out}/{spec.folder}/{vid}"
+        lmdb_args = ("--lmdb-dir", lmdb_dir) if own_lmdb_dir else ()
+        plan.commands.append(_step("gen", vid, "--out", out, *lmdb_args, variant=vid, produces=(model_dir,)))
+        plan.commands.append(_step("train", "--solver", f"{model_dir}/solver.prototxt", "--gpu", gpu,
+                                   "--log", f"{run_dir}/train.log", variant=vid, produces=(f"{run_dir}/train.log",)))
+        plan.commands.append(_step("compare", f"{run_dir}/train.log", "--variant", vid, variant=vid))
+    logs = [f"runs/{spec.folder}/{v}/train.log" for v in variants]
+    plots = f"runs/{spec.folder}/{target}_plots"
+    plan.commands.append(_step("plot", *logs, "--out", plots, produces=(plots,)))
     return plan
 
 
-def _solver_outputs(solver_path: str) -> tuple[str, int]:
-    """(snapshot prefix, max_iter) of a generated solver: where the final caffemodel will be."""
-    from .caffe import io
-    sp = io.read_solver(solver_path)
-    return sp.snapshot_prefix, sp.max_iter
-
-
-SAMPLE_IMAGES = "{sample_test_images}"   # expanded when the command runs (the data set exists by then)
 DEMO_SAMPLES = 6
 DEMO_IMAGES = 1500                         # the synthetic set the demo nets are generated for (300 held out)
 
@@ -172,7 +159,6 @@ def paper_config_difference(variant_id: str) -> str | None:
     """How a demo net departs from the paper configuration it imitates (BatchNorm in the head,
     base lr), in one sentence, or None. A newcomer's first run must not contradict the paper
     without saying so."""
-    from prototxt_gen import registry
     demo = registry.get(variant_id)
     twins = [v for v in registry.all_variants()
              if demo.analogue and v.paper_key == demo.analogue and v.profile == "paper"]
@@ -198,7 +184,7 @@ def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = DEMO_
               name: str = "demo") -> Plan:
     """The main job at toy scale on the embedded synthetic data, on whatever hardware is here."""
     from .data.synthetic import TEST_EVERY
-    spec = DATA["synthetic"]
+    spec = DATASETS["synthetic"]
     plan = Plan(name)
     if detect:   # the main demo (demo-table1 is itself a comparison of configurations)
         for vid in variants:
@@ -207,33 +193,39 @@ def plan_demo(variants: tuple[str, ...] = ("demo_rootres",), images: int = DEMO_
                 plan.notes.append(difference)
     raw = spec.raw_folder()
     if any(not (Path(LMDB_DIR) / d / "data.mdb").exists() for d in spec.lmdbs):
-        plan.commands.append(spec.build.format(raw=raw, lmdb=LMDB_DIR, images=images))
+        plan.commands.append(Step(tuple(spec.build_argv(raw=raw, lmdb=LMDB_DIR, images=images)), "data",
+                                  produces=(raw,) + tuple(f"{LMDB_DIR}/{d}" for d in spec.lmdbs)))
     elif images != DEMO_IMAGES:
         plan.notes.append(f"the synthetic LMDBs exist already and are used as they are (--images {images} "
                           "applies when they are made; `make clean-demo` removes them)")
     # the demo nets assume DEMO_IMAGES images; other counts get a matching test pass
-    sets = "" if images == DEMO_IMAGES else f" --set num_test_image={images // TEST_EVERY}"
+    overrides = {} if images == DEMO_IMAGES else {"num_test_image": images // TEST_EVERY}
+    sets = [a for key, value in overrides.items() for a in ("--set", f"{key}={value}")]
     gpu, _ = gpu_flag(1)
     logs = []
     for vid in variants:
-        model_dir, run_dir = f"models/synthetic/{vid}", f"runs/synthetic/{vid}"
-        plan.commands.append(f"scratchdet gen {vid} --out models{sets}")
-        plan.commands.append(f"scratchdet train --solver {model_dir}/solver.prototxt --gpu {gpu} "
-                             f"--log {run_dir}/train.log")
+        model_dir, run_dir = f"models/{spec.folder}/{vid}", f"runs/{spec.folder}/{vid}"
+        plan.commands.append(_step("gen", vid, "--out", "models", *sets, variant=vid, produces=(model_dir,)))
+        plan.commands.append(_step("train", "--solver", f"{model_dir}/solver.prototxt", "--gpu", gpu,
+                                   "--log", f"{run_dir}/train.log", variant=vid, produces=(f"{run_dir}/train.log",)))
         logs.append(f"{run_dir}/train.log")
         if detect:
-            prefix, max_iter = _solver_outputs(f"{model_dir}/solver.prototxt")
-            weights = f"{prefix}_iter_{max_iter}.caffemodel"
-            plan.commands.append(f"scratchdet test --model {model_dir}/test.prototxt --weights {weights} --gpu {gpu} "
-                                 f"--per-class --log {run_dir}/test.log")
-            plan.commands.append(
-                f"scratchdet detect --model {model_dir}/deploy.prototxt --weights {weights} "
-                f"--labelmap data/labelmap_synthetic.prototxt --threshold 0.3 --out {run_dir}/detections {SAMPLE_IMAGES}")
+            # the weights the training will write, from the solver the gen step will write
+            solver = build.build_variant(vid, model_dir=model_dir, **overrides)["solver.prototxt"]
+            weights = f"{solver.snapshot_prefix}_iter_{solver.max_iter}.caffemodel"
+            plan.commands.append(_step("test", "--model", f"{model_dir}/test.prototxt", "--weights", weights,
+                                       "--gpu", gpu, "--per-class", "--log", f"{run_dir}/test.log",
+                                       variant=vid, produces=(f"{run_dir}/test.log",)))
+            plan.commands.append(_step(
+                "detect", "--model", f"{model_dir}/deploy.prototxt", "--weights", weights,
+                "--labelmap", spec.label_map, "--threshold", "0.3", "--out", f"{run_dir}/detections",
+                variant=vid, produces=(f"{run_dir}/detections",), sample_images=True))
             plan.outputs += [f"training log: {run_dir}/train.log", f"weights: {weights}",
                              f"sample detections: {run_dir}/detections/"]
-    plan.commands.append(f"scratchdet compare {' '.join(logs)}")
-    plan.commands.append(f"scratchdet plot {' '.join(logs)} --out runs/synthetic/{name}_plots")
-    plan.outputs.append(f"plots: runs/synthetic/{name}_plots/")
+    plan.commands.append(_step("compare", *logs))
+    plots = f"runs/{spec.folder}/{name}_plots"
+    plan.commands.append(_step("plot", *logs, "--out", plots, produces=(plots,)))
+    plan.outputs.append(f"plots: {plots}/")
     return plan
 
 
@@ -247,29 +239,30 @@ def sample_test_images(raw: str, count: int = DEMO_SAMPLES) -> list[str]:
 
 
 def run_plan(plan: Plan, dry_run: bool) -> int:
-    """Run the commands in order. A training run that diverges (exit 3) is a result, as in the
-    paper's Table 1: it is reported, the rest of that variant is skipped, and the plan goes on to
-    the score card and plots. Any other failure stops the plan."""
+    """Run the steps in order. A training run that diverges (exit 3) is a result, as in the
+    paper's Table 1: it is reported, the steps that need its weights are skipped, and the plan goes
+    on to the score card and plots. Any other failure stops the plan."""
     for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
-    exe = shutil.which("scratchdet") or f"{sys.executable} -m scratchdet"
-    diverged: list[str] = []
-    for cmd in plan.commands:
-        if any(f"--model {d}/" in cmd for d in diverged):
+    installed = shutil.which("scratchdet")
+    exe = [installed] if installed else [sys.executable, "-m", "scratchdet"]
+    diverged: set[str] = set()
+    for step in plan.commands:
+        cmd = str(step)
+        if step.kind in NEEDS_WEIGHTS and step.variant in diverged:
             print(f"- skipped (its training diverged): {cmd}", flush=True)
             continue
         print(f"+ {cmd}", flush=True)
         if dry_run:
             continue
-        argv = shlex.split(cmd)
-        if SAMPLE_IMAGES in argv:
-            i = argv.index(SAMPLE_IMAGES)
-            argv[i:i + 1] = sample_test_images(DATA["synthetic"].raw_folder())
-        argv = shlex.split(exe) + argv[1:] if argv[0] == "scratchdet" else argv
+        argv = list(step.argv)
+        if step.sample_images:
+            argv += sample_test_images(DATASETS["synthetic"].raw_folder())
+        argv = exe + argv[1:] if argv[0] == "scratchdet" else argv
         rc = subprocess.call(argv)
-        if rc == EXIT_DIVERGED and argv[len(shlex.split(exe))] == "train":
-            solver = argv[argv.index("--solver") + 1]
-            diverged.append(str(Path(solver).parent))
+        if rc == EXIT_DIVERGED and step.kind == "train":
+            if step.variant is not None:
+                diverged.add(step.variant)
             print(f"scratchdet run: training diverged (recorded as NAN): {cmd}", file=sys.stderr)
             continue
         if rc != 0:
