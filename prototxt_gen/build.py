@@ -34,7 +34,7 @@ from .data_layers import annotated_data, to_deploy
 from .head import OutputSpec, PriorSpec, detection_layers, multibox_head, multibox_loss, ssd_prior_sizes
 from .jobs import train_script
 from .netspec import NetSpec
-from .registry import Arch, Variant
+from .variants.base import Arch, Variant
 from .solver import Schedule, SolverSpec, solver_param
 
 FILES = ("train.prototxt", "test.prototxt", "deploy.prototxt", "solver.prototxt", "train.sh")
@@ -77,13 +77,7 @@ def resolve(variant: Variant, **overrides) -> Variant:
         width = o.get("width", v.arch.width)
         if not isinstance(width, (int, float)) or not 0 < width <= 8:
             _fail(v, f"width must be a number in (0, 8], got {width!r}")
-        if v.arch.rebuild is not None:
-            arch = v.arch.rebuild(size, float(width), sources)
-        elif v.arch.family == "rootres":
-            arch = registry.demo_rootres_arch(size, float(width), sources, v.arch.bn_head)
-        else:
-            arch = registry.demo_vgg_arch(v.arch.vgg.bn, v.arch.bn_head, size, float(width), sources)
-        v = dataclasses.replace(v, arch=arch)
+        v = dataclasses.replace(v, arch=v.arch.rescale(size, float(width), sources))
     s = v.schedule
     if {"base_lr", "max_iter", "stepvalue"} & set(o):
         base_lr = o.get("base_lr", s.base_lr)
@@ -117,11 +111,10 @@ def _with_profile(variant: Variant, profile) -> Variant:
         _fail(variant, f"unknown profile {profile!r} (one of {', '.join(PROFILES)})")
     if variant.profile == profile:
         return variant
-    base = variant.id[: -len("_released")] if variant.id.endswith("_released") else variant.id
-    twin = f"{base}_released" if profile == "released" else base
-    if twin == variant.id or twin not in registry.VARIANTS:
+    twin = registry.VARIANTS.get(variant.twin) if variant.twin else None
+    if twin is None or twin.profile != profile:
         _fail(variant, f"has no {profile!r} profile (only the ScratchDet300 variants have both)")
-    return registry.VARIANTS[twin]
+    return twin
 
 
 # -- nets ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from prototxt_gen import build, registry
-from prototxt_gen import mini_paper as nets
+from prototxt_gen.variants import mini_paper as nets
 from scratchdet import mini_paper as mp
 from scratchdet.caffe import io, shapes
 from scratchdet.engine import glog

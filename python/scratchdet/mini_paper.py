@@ -3,7 +3,7 @@ at CPU scale, measured over seeds.
 
 The plan: two synthetic sets (the default shapes for Table 1; the ``small`` profile, many small
 objects, for Figure 3), then for every cell and seed the commands a user would type: ``scratchdet
-gen`` (the ``mini_*`` variants of ``prototxt_gen/mini_paper.py``, at the chosen scale) and
+gen`` (the ``mini_*`` variants of ``prototxt_gen/variants/mini_paper.py``, at the chosen scale) and
 ``scratchdet train``; for Figure 3 also ``scratchdet eval voc --by-size`` on the detection files
 the final test pass wrote. ``jobs`` runs go at a time, each on one thread (``OMP_NUM_THREADS=1``),
 so a result does not depend on how many ran beside it. A finished run is kept (its ``run.json``
@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prototxt_gen import mini_paper as nets
+from prototxt_gen.variants import mini_paper as nets
 
 from .errors import ScratchDetError
 
