@@ -26,6 +26,7 @@ from scratchdet.caffe import shapes
 from scratchdet.caffe.io import atomic_write_bytes
 from scratchdet.caffe.netstate import TEST, TRAIN
 from scratchdet.caffe.schema import pb
+from scratchdet.datasets import LMDB_DIR
 from scratchdet.errors import ScratchDetError
 
 from . import registry
@@ -38,7 +39,6 @@ from .variants.base import Arch, Variant
 from .solver import Schedule, SolverSpec, solver_param
 
 FILES = ("train.prototxt", "test.prototxt", "deploy.prototxt", "solver.prototxt", "train.sh")
-LMDB_DIR = "data/lmdb"
 
 _PATH_KEYS = {"lmdb_dir", "train_source", "test_source", "label_map", "name_size_file", "num_test_image",
               "model_dir", "run_dir"}
