@@ -29,12 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prototxt_gen.variants import mini_paper as nets
+from scratchdet.datasets import DATASETS
 
 from .errors import ScratchDetError
 
 OUT = "runs/mini-paper"
 DATA = "data/mini-paper"
-LABELMAP = "data/labelmap_synthetic.prototxt"
+LABELMAP = DATASETS["synthetic"].label_map
 SIZE_SIDES = (32, 96)         # COCO's small/medium/large limits, on the ~300-px synthetic images (README)
 SETS = {"table1": ("shapes", 1), "fig3": ("small", 2)}   # part -> (synthetic profile, its seed)
 PARTS = tuple(SETS)
@@ -146,7 +147,7 @@ def data_commands(scales: dict[str, Scale], parts) -> list[list[str]]:
         root = Path(DATA) / part
         params = root / "set" / "params.json"
         want = {"images": scale.images, "seed": seed, "profile": profile}
-        if params.is_file() and (root / "lmdb" / "synthetic_test_lmdb" / "data.mdb").is_file():
+        if params.is_file() and (root / "lmdb" / DATASETS["synthetic"].test_lmdb / "data.mdb").is_file():
             have = json.loads(params.read_text())
             if all(have.get(k, "shapes" if k == "profile" else None) == v for k, v in want.items()):
                 continue
