@@ -3,7 +3,7 @@
 a module may import its own layer or a lower one, never a higher one.
 
     paper, errors  <  caffe  <  boxes, ap  <  data  <  engine  <  backends  <  eval  <  report
-                   <  prototxt_gen  <  pipeline  <  cli, __main__
+                   <  prototxt_gen  <  pipeline, mini_paper  <  commands, cli, __main__
 
 A back-edge that is known and not yet removed is listed in KNOWN with the reason; the test also
 fails when a listed edge has gone, so the list only shrinks."""
@@ -17,7 +17,8 @@ LIBRARY = REPO / "python" / "scratchdet"
 GENERATORS = REPO / "prototxt_gen"
 
 RANK = {"paper": 0, "errors": 0, "caffe": 1, "boxes": 2, "ap": 2, "data": 3, "engine": 4, "backends": 5,
-        "eval": 6, "report": 7, "prototxt_gen": 8, "pipeline": 9, "cli": 10, "__main__": 10}
+        "eval": 6, "report": 7, "prototxt_gen": 8, "pipeline": 9, "mini_paper": 9, "commands": 10, "cli": 10,
+        "__main__": 10}
 
 # (importing module, imported layer): why it is still there
 KNOWN = {

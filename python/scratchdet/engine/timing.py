@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..caffe import io
-from ..caffe.netstate import PHASES, filter_net
+from ..caffe.netstate import filter_net
 from ..caffe.schema import pb
 from ..caffe.shapes import infer
 from ..errors import ScratchDetError
@@ -25,19 +24,6 @@ from . import glog
 TAG = "timing.py:1"
 DATA_TYPES = ("AnnotatedData", "Data", "ImageData", "VideoData", "DummyData", "MemoryData", "WindowData", "HDF5Data")
 BOXES_PER_IMAGE = 2
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="net prototxt (train, test or deploy)")
-    parser.add_argument("--weights", help="optional .caffemodel to load first")
-    parser.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
-    parser.add_argument("--phase", choices=sorted(PHASES), default="TRAIN", help="net phase (default TRAIN, as caffe time)")
-    parser.add_argument("--level", type=int, default=0)
-    parser.add_argument("--stage", action="append", default=[], help="NetState stage (repeatable)")
-    parser.add_argument("--gpu", default="cpu", help="'cpu' (default) or a CUDA device id")
-    parser.add_argument("--data", choices=("random", "real"), default="random",
-                        help="replace data layers by random inputs of their shape (default) or read them")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and random inputs")
 
 
 # -- preparing the net ----------------------------------------------------------------------------------
@@ -54,7 +40,7 @@ def device_of(gpu: str) -> torch.device:
     return torch.device("cuda", index)
 
 
-def _num_classes(param) -> int:
+def num_classes(param) -> int:
     for lp in param.layer:
         for field_name in ("multibox_loss_param", "detection_output_param", "detection_evaluate_param"):
             if lp.HasField(field_name) and getattr(lp, field_name).HasField("num_classes"):
@@ -226,26 +212,3 @@ def benchmark(net, inputs: dict, iterations: int, device: torch.device, log=None
     say(f"Total Time: {glog.num(result.total_ms)} ms.")
     say("*** Benchmark ends ***")
     return result
-
-
-def main(args) -> int:
-    from .caffemodel import load_caffemodel
-    from .net import Net
-
-    phase = PHASES[args.phase]
-    device = device_of(args.gpu)
-    param = io.read_net(args.model)
-    box_tops: list[str] = []
-    if args.data == "random":
-        param, box_tops = replace_data_layers(param, phase, args.level, args.stage, args.model)
-    net = Net(param, phase, level=args.level, stages=tuple(args.stage), source=args.model, seed=args.seed)
-    if args.weights:
-        load_caffemodel(net, args.weights)
-    net.to(device)
-    for layer in net.layers:
-        if hasattr(layer, "configure"):         # data layers read on this device
-            layer.device = device
-    inputs = random_inputs(net, box_tops, _num_classes(param), args.seed)
-    print(glog.line("I", TAG, f"Use {'GPU ' + str(device.index) if device.type == 'cuda' else 'CPU'}."), flush=True)
-    benchmark(net, inputs, args.iterations, device, log=lambda m: print(glog.line("I", TAG, m), flush=True))
-    return 0
