@@ -2,9 +2,9 @@
 (the loop and its rules are ``engine.timing``'s)."""
 from __future__ import annotations
 
-from ..caffe import io
+from ..caffe import glog, io
 from ..caffe.netstate import PHASES
-from ..engine import glog, timing
+from ..engine import timing
 
 
 def add_arguments(parser) -> None:
@@ -38,6 +38,6 @@ def main(args) -> int:
         if hasattr(layer, "configure"):         # data layers read on this device
             layer.device = device
     inputs = timing.random_inputs(net, box_tops, timing.num_classes(param), args.seed)
-    print(glog.line("I", timing.TAG, f"Use {'GPU ' + str(device.index) if device.type == 'cuda' else 'CPU'}."), flush=True)
+    print(glog.line("I", timing.TAG, glog.use_device_message(device.index if device.type == "cuda" else None)), flush=True)
     timing.benchmark(net, inputs, args.iterations, device, log=lambda m: print(glog.line("I", timing.TAG, m), flush=True))
     return 0

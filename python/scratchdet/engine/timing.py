@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..caffe import glog
 from ..caffe.netstate import filter_net
 from ..caffe.schema import pb
 from ..caffe.shapes import infer
 from ..errors import ScratchDetError
-from . import glog
 
 TAG = "timing.py:1"
 DATA_TYPES = ("AnnotatedData", "Data", "ImageData", "VideoData", "DummyData", "MemoryData", "WindowData", "HDF5Data")
@@ -183,14 +183,14 @@ def benchmark(net, inputs: dict, iterations: int, device: torch.device, log=None
     result = Timing([layer.name for layer in net.layers], iterations, [0.0] * n, [0.0] * n)
     inputs = {k: v.to(device) for k, v in inputs.items()}
     say = log or (lambda message: None)
-    say("Performing Forward")
+    say(glog.TIME_FORWARD)
     scratch = [0.0] * n
     blobs, records = _forward(net, inputs, clock, scratch)
-    say(f"Initial loss: {glog.num(float(net.total_loss(blobs).detach()))}")
-    say("Performing Backward")
+    say(glog.initial_loss_message(float(net.total_loss(blobs).detach())))
+    say(glog.TIME_BACKWARD)
     _backward(net, blobs, records, clock, scratch)
-    say("*** Benchmark begins ***")
-    say(f"Testing for {iterations} iterations.")
+    say(glog.BENCHMARK_BEGINS)
+    say(glog.testing_for_message(iterations))
     start = clock()
     for j in range(iterations):
         t0 = clock()
@@ -200,15 +200,15 @@ def benchmark(net, inputs: dict, iterations: int, device: torch.device, log=None
         del blobs, records
         ms = (clock() - t0) * 1000.0
         result.iteration_ms.append(ms)
-        say(f"Iteration: {j + 1} forward-backward time: {glog.num(ms)} ms.")
+        say(glog.iteration_time_message(j + 1, ms))
     result.total_ms = (clock() - start) * 1000.0
-    say("Average time per layer: ")
+    say(glog.AVERAGE_PER_LAYER)
     for name, f, b in zip(result.names, result.forward_ms, result.backward_ms):
-        say(f"{name:>10}\tforward: {glog.num(f / iterations)} ms.")
-        say(f"{name:>10}\tbackward: {glog.num(b / iterations)} ms.")
-    say(f"Average Forward pass: {glog.num(result.average_forward)} ms.")
-    say(f"Average Backward pass: {glog.num(result.average_backward)} ms.")
-    say(f"Average Forward-Backward: {glog.num(result.total_ms / iterations)} ms.")
-    say(f"Total Time: {glog.num(result.total_ms)} ms.")
-    say("*** Benchmark ends ***")
+        say(glog.layer_time_message(name, "forward", f / iterations))
+        say(glog.layer_time_message(name, "backward", b / iterations))
+    say(glog.average_time_message("Forward pass", result.average_forward))
+    say(glog.average_time_message("Backward pass", result.average_backward))
+    say(glog.average_time_message("Forward-Backward", result.total_ms / iterations))
+    say(glog.total_time_message(result.total_ms))
+    say(glog.BENCHMARK_ENDS)
     return result
