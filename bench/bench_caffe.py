@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -28,20 +27,19 @@ from google.protobuf import text_format
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import REPO, make_lmdb  # noqa: E402
 
-from scratchdet.caffe import io  # noqa: E402
+from scratchdet.caffe import glog, io  # noqa: E402
 from scratchdet.caffe.schema import pb  # noqa: E402
-
-LOSS_LINE = re.compile(r"^I(\d{4}|\d{8}) (\d\d):(\d\d):(\d\d)\.(\d{6})\s+\d+ [^\]]*\] Iteration (\d+)[^,]*, loss = ")
 
 
 def iteration_times(log_text: str) -> dict[int, float]:
     """{iteration: seconds since midnight} of the ``Iteration k, loss = v`` lines (glog stamps)."""
     out = {}
     for line in log_text.splitlines():
-        m = LOSS_LINE.match(line.strip())
+        g = glog.GLOG_RE.match(line.strip())
+        m = glog.LOSS_RE.match(g[6]) if g and g[1] == "I" and g[3] else None
         if m:
-            h, mi, s, us, it = int(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6])
-            out.setdefault(it, h * 3600 + mi * 60 + s + us / 1e6)
+            h, mi, s = g[3].split(":")
+            out.setdefault(int(m[1]), int(h) * 3600 + int(mi) * 60 + float(s))
     return out
 
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from scratchdet.data import cli as data_cli
+from scratchdet.commands import data as data_cli
 from scratchdet.data import coco
 from scratchdet.data import labelmap as lm
 from scratchdet.data.lmdb_io import AnnotatedLMDB, annotations

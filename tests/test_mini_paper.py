@@ -17,7 +17,7 @@ from prototxt_gen import build, registry
 from prototxt_gen.variants import mini_paper as nets
 from scratchdet import mini_paper as mp
 from scratchdet.caffe import io, shapes
-from scratchdet.engine import glog
+from scratchdet.caffe import glog
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from scratchdet import cli
-from scratchdet.engine import glog
+from scratchdet.caffe import glog
 from scratchdet.report import compare, variants
 from scratchdet.report.logparse import parse_log
 

@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 
 from scratchdet.caffe.schema import pb
-from scratchdet.engine import glog
+from scratchdet.caffe import glog
 from scratchdet.errors import ScratchDetError
 from scratchdet.report.logparse import number, parse_log, parse_text
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scratchdet import cli
-from scratchdet.engine import glog
+from scratchdet.caffe import glog
 from scratchdet.report import plots, variants
 from scratchdet.report.logparse import parse_text
 

@@ -38,7 +38,7 @@ def run(args, cwd, timeout=3600):     # a hang guard only: runs are bounded by i
 
 def _have_pieces() -> str | None:
     try:
-        import prototxt_gen.cli  # noqa: F401
+        import prototxt_gen.build  # noqa: F401
     except ImportError:
         return "prototxt_gen (the generators) is not present yet"
     from scratchdet.engine.layers import REGISTRY

@@ -20,7 +20,7 @@ from scratchdet.caffe import io
 from scratchdet.caffe.netstate import TEST, TRAIN, filter_net
 from scratchdet.caffe.schema import pb
 from scratchdet.data.lmdb_io import LMDBWriter, record_key
-from scratchdet.engine import glog
+from scratchdet.caffe import glog
 from scratchdet.engine.layers.annotated_data import AnnotatedDataLayer
 from scratchdet.engine.layers.base import Layer
 

@@ -1,5 +1,5 @@
-"""The ``scratchdet`` command. Each subcommand lives in the module that owns its concept and
-exposes ``add_arguments(parser)`` and ``main(args) -> int``; modules load only when used."""
+"""The ``scratchdet`` command. Each subcommand is a module of ``scratchdet.commands`` with
+``add_arguments(parser)`` and ``main(args) -> int``; modules load only when used."""
 from __future__ import annotations
 
 import argparse
@@ -7,23 +7,23 @@ import importlib
 import signal
 import sys
 
-from .errors import ScratchDetError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, ScratchDetError
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "run": ("scratchdet.pipeline", "run a whole experiment (data, gen, train, test, compare, plot); --dry-run prints it"),
-    "mini-paper": ("scratchdet.mini_paper", "the paper's Table 1 and Table 2 / Figure 3 claims at CPU scale, over seeds"),
-    "gen": ("prototxt_gen.cli", "emit train/test/deploy/solver prototxts and train.sh for paper variants"),
-    "summary": ("scratchdet.caffe.summary", "per-layer shapes, parameters, priors and multiply-adds of a prototxt"),
-    "data": ("scratchdet.data.cli", "build and check SSD AnnotatedDatum LMDBs (voc, coco, synthetic, check)"),
-    "train": ("scratchdet.backends.train_cli", "train from a solver.prototxt as `caffe train` does"),
-    "test": ("scratchdet.backends.test_cli", "score a test net: mAP as the solver reports it"),
-    "detect": ("scratchdet.backends.detect_cli", "draw detections of a deploy net on images"),
-    "export": ("scratchdet.backends.export", "a deploy net and caffemodel as ONNX or TorchScript (BatchNorm folded)"),
-    "time": ("scratchdet.engine.timing", "forward/backward time per layer, as `caffe time`"),
-    "eval": ("scratchdet.eval.cli", "VOC and COCO metrics from detection files"),
-    "compare": ("scratchdet.report.compare", "score card: paper number vs this run, from logs"),
-    "plot": ("scratchdet.report.plots", "loss, lr, mAP and Figure 1 panels from logs, as PNG"),
+    "run": ("scratchdet.commands.run", "run a whole experiment (data, gen, train, test, compare, plot); --dry-run prints it"),
+    "mini-paper": ("scratchdet.commands.mini_paper", "the paper's Table 1 and Table 2 / Figure 3 claims at CPU scale, over seeds"),
+    "gen": ("scratchdet.commands.gen", "emit train/test/deploy/solver prototxts and train.sh for paper variants"),
+    "summary": ("scratchdet.commands.summary", "per-layer shapes, parameters, priors and multiply-adds of a prototxt"),
+    "data": ("scratchdet.commands.data", "build and check SSD AnnotatedDatum LMDBs (voc, coco, synthetic, check)"),
+    "train": ("scratchdet.commands.train", "train from a solver.prototxt as `caffe train` does"),
+    "test": ("scratchdet.commands.test", "score a test net: mAP as the solver reports it"),
+    "detect": ("scratchdet.commands.detect", "draw detections of a deploy net on images"),
+    "export": ("scratchdet.commands.export", "a deploy net and caffemodel as ONNX or TorchScript (BatchNorm folded)"),
+    "time": ("scratchdet.commands.time", "forward/backward time per layer, as `caffe time`"),
+    "eval": ("scratchdet.commands.eval", "VOC and COCO metrics from detection files"),
+    "compare": ("scratchdet.commands.compare", "score card: paper number vs this run, from logs"),
+    "plot": ("scratchdet.commands.plot", "loss, lr, mAP and Figure 1 panels from logs, as PNG"),
 }
 
 
@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:])
     if not args.command:
         parser.print_help()
-        return 2
+        return EXIT_BAD_INPUT
     if getattr(args, "_missing", False):
         print(f"scratchdet: error: '{args.command}' is not available in this build", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     _plain_numpy_repr()
     if args.command in ("compare", "plot"):
         _install_registry()
@@ -83,18 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(args._module).main(args) or 0)
     except ScratchDetError as exc:
         print(f"scratchdet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except OSError as exc:
         # the file system said no where no module turned it into a message: still one line
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"scratchdet {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"scratchdet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Terminated:
         print(f"scratchdet {args.command}: terminated (SIGTERM)", file=sys.stderr)
-        return 143
+        return EXIT_TERMINATED
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)

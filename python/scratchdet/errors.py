@@ -4,6 +4,7 @@ exit statuses the commands share."""
 EXIT_BAD_INPUT = 2        # a ScratchDetError: bad input or an impossible request
 EXIT_DIVERGED = 3         # training stopped on a non-finite loss (recorded as NAN, as the paper's Table 1)
 EXIT_INTERRUPTED = 130    # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143     # SIGTERM (128 + SIGTERM): timeout, SLURM, kill
 
 
 class ScratchDetError(Exception):

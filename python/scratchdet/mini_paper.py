@@ -31,7 +31,6 @@ from pathlib import Path
 from prototxt_gen.variants import mini_paper as nets
 from scratchdet.datasets import DATASETS
 
-from .errors import ScratchDetError
 
 OUT = "runs/mini-paper"
 DATA = "data/mini-paper"
@@ -568,53 +567,23 @@ def _capture(cmd: list[str]) -> str:
     return proc.stdout
 
 
-# -- command ------------------------------------------------------------------------------------------
+# -- the whole experiment -----------------------------------------------------------------------------
 
-def _seeds(text: str) -> tuple:
-    try:
-        seeds = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        seeds = ()
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ScratchDetError(f"--seeds {text!r}: want distinct integers, comma-separated (e.g. 1,2,3)")
-    return seeds
-
-
-def add_arguments(p) -> None:
-    s = Scale()
-    per_part = lambda d: ", ".join(f"{k} {v if isinstance(v, int) else ','.join(map(str, v))}" for k, v in d.items())  # noqa: E731
-    p.add_argument("--only", choices=PARTS, default=None, help="one part (default: both)")
-    p.add_argument("--input-size", type=int, default=s.input_size, help=f"net input side (default {s.input_size})")
-    p.add_argument("--width", type=float, default=s.width, help="channel multiplier (default 1)")
-    p.add_argument("--iterations", type=int, default=None,
-                   help=f"training iterations per run (default: {per_part(PART_ITERATIONS)})")
-    p.add_argument("--seeds", default=None, help=f"seeds per cell, comma-separated (default: {per_part(PART_SEEDS)})")
-    p.add_argument("--images", type=int, default=s.images, help=f"synthetic images per set, every 5th held out (default {s.images})")
-    p.add_argument("--gpu", default="cpu", help="train on this CUDA device id (default: cpu, one thread a run)")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time, one thread each (default: CPUs)")
-    p.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN", "") not in ("", "0"),
-                   help="print the plan's commands without running them (also DRY_RUN=1)")
-    p.add_argument("--report-only", action="store_true", help="write the report from the runs made so far")
-
-
-def main(args) -> int:
-    if args.input_size < 32 or (args.iterations is not None and args.iterations < 1) or args.images < 10 or args.jobs < 1 or not 0 < args.width <= 8:
-        raise ScratchDetError("--input-size >= 32, --iterations >= 1, --images >= 10, --jobs >= 1 and "
-                              "0 < --width <= 8, please")
-    scales = default_scales(args.input_size, args.width, args.iterations,
-                            _seeds(args.seeds) if args.seeds is not None else None, args.images, args.gpu)
-    parts = (args.only,) if args.only else PARTS
+def run_experiment(scales: dict[str, Scale], parts=PARTS, jobs: int = 1, dry_run: bool = False,
+                   report_only: bool = False) -> int:
+    """Make the data, train every run not yet finished (``jobs`` at a time) and write the report;
+    ``dry_run`` prints the commands instead, ``report_only`` writes the report from the runs made so far."""
     runs = plan(scales, parts)
-    if args.dry_run:
+    if dry_run:
         for cmd in data_commands(scales, parts):
             print("+ " + show(cmd))
         for r in runs:
             for cmd, stdout in r.commands():
                 print("+ " + show(cmd, stdout))
-        print(f"# {len(runs)} runs, {args.jobs} at a time; then the report in {OUT}/report.md")
+        print(f"# {len(runs)} runs, {jobs} at a time; then the report in {OUT}/report.md")
         return 0
     wall, failures = None, []
-    if not args.report_only:
+    if not report_only:
         for cmd in data_commands(scales, parts):
             print("+ " + show(cmd), flush=True)
             rc = subprocess.call(_argv(cmd))
@@ -622,11 +591,11 @@ def main(args) -> int:
                 print(f"scratchdet mini-paper: making the data failed (exit {rc})", file=sys.stderr)
                 return rc
         started = time.monotonic()
-        failures = run_all(runs, args.jobs)
+        failures = run_all(runs, jobs)
         wall = time.monotonic() - started
         for line in failures:
             print(f"scratchdet mini-paper: {line}", file=sys.stderr)
-    path = report(runs, scales, wall, args.jobs)
+    path = report(runs, scales, wall, jobs)
     print(path.read_text())
     print(f"mini-paper: report in {path}, plots in {OUT}/", flush=True)
-    return 1 if not args.report_only and failures else 0
+    return 1 if not report_only and failures else 0

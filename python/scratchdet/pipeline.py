@@ -272,31 +272,3 @@ def run_plan(plan: Plan, dry_run: bool) -> int:
         print("\n".join([f"{plan.name}: done."] + [f"  {line}" for line in plan.outputs]
                          + [f"note: {note}" for note in plan.notes]), flush=True)
     return 0
-
-
-def add_arguments(p) -> None:
-    p.add_argument("experiment", help="demo, demo-table1, voc07_rootres34, voc07_rootres18, "
-                                      "voc12_rootres34, coco_rootres34, table1 or table2")
-    p.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN", "") not in ("", "0"),
-                   help="print the commands without running them (also DRY_RUN=1)")
-    p.add_argument("--lmdb-dir", default=os.environ.get("LMDB_DIR", LMDB_DIR),
-                   help="folder holding the LMDBs (also LMDB_DIR=...)")
-    p.add_argument("--gpus", type=int, default=int(os.environ.get("GPUS", "4")),
-                   help="GPUs the paper's schedule assumes (default 4; fewer present -> iter_size raised)")
-    p.add_argument("--raw", default=None, help="raw data folder (default from VOC_ROOT / COCO_ROOT)")
-    p.add_argument("--images", type=int, default=int(os.environ.get("SYNTH_IMAGES", str(DEMO_IMAGES))),
-                   help=f"synthetic images to make for the demo (default {DEMO_IMAGES}, every 5th held out)")
-
-
-def main(args) -> int:
-    if args.experiment == "demo":
-        return run_plan(plan_demo(images=args.images), args.dry_run)
-    if args.experiment == "demo-table1":
-        return run_plan(plan_demo(_table_variants("demo_table1_"), images=args.images, detect=False,
-                                  name="demo-table1"), args.dry_run)
-    try:
-        plan = plan_experiment(args.experiment, args.lmdb_dir, args.gpus, args.raw)
-    except DataMissing as exc:
-        print(f"scratchdet run: {exc}", file=sys.stderr)
-        return 2
-    return run_plan(plan, args.dry_run)

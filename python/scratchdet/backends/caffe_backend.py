@@ -15,9 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..caffe import io
+from ..caffe import glog, io
 from ..engine import distributed as D
-from ..engine import glog
 from ..errors import EXIT_DIVERGED, ScratchDetError
 
 

@@ -101,7 +101,7 @@ class OnnxTestNet(Net):
 
 
 def test(args) -> int:
-    from ..engine import glog
+    from ..caffe import glog
     from ..engine.caffemodel import load_caffemodel
     from ..engine.score import score_net
     runner = OnnxRunner(args.onnx)

@@ -103,7 +103,7 @@ def _launch(args, placement: D.Placement, notes) -> int:
 
 
 def test(args) -> int:
-    from ..engine import glog
+    from ..caffe import glog
     from ..engine.score import score
     placement = D.place(args.gpu)
     device = placement.devices[0]

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..caffe.schema import pb
-from ..errors import ScratchDetError, plain
+from ..errors import plain
 from . import labelmap as lm
 from .files import conventional_file, not_found_note
 from .lmdb_io import AnnotatedLMDB
@@ -180,11 +180,3 @@ def format_report(r: CheckReport) -> str:
     for key, problem in r.invalid:
         lines.append(f"  invalid: {key}: {problem}")
     return "\n".join(lines)
-
-
-def main_check(args) -> int:
-    if not Path(args.db).exists():
-        raise ScratchDetError(f"{args.db}: does not exist")
-    report = check_db(args.db, args.labelmap, decode=not args.no_decode)
-    print(format_report(report))
-    return 0 if report.ok else 1

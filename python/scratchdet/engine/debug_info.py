@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from . import glog
-from .glog import BACKWARD_BOTTOM, BACKWARD_PARAM, FORWARD_PARAM, FORWARD_TOP, NORMS
+from ..caffe import glog
+from ..caffe.glog import BACKWARD_BOTTOM, BACKWARD_PARAM, FORWARD_PARAM, FORWARD_TOP, NORMS
 
 
 def _mean_abs(t) -> float:
@@ -48,7 +48,7 @@ class DebugPass:
         self.split_sources: dict[str, torch.Tensor] = {}   # split layer -> the tensor it copies
 
     def _line(self, tag: str, message: str, level: str = "I") -> None:
-        self.log(level, tag, "    " + message)
+        self.log(level, tag, message)
 
     def forward(self) -> dict:
         net = self.net
@@ -59,7 +59,7 @@ class DebugPass:
                 self.split_sources[name] = self.outputs[bottom]
                 value = _mean_abs(self.outputs[bottom])
                 for t in tops:
-                    self._line(FORWARD_TOP, f"[Forward] Layer {name}, top blob {t} data: {glog.num(value)}")
+                    self._line(FORWARD_TOP, glog.forward_top_message(name, t, value))
                 continue
             i = step[1]
             layer = net.layers[i]
@@ -77,9 +77,9 @@ class DebugPass:
                 if v.requires_grad:
                     v.retain_grad()
                 self.outputs[name] = v
-                self._line(FORWARD_TOP, f"[Forward] Layer {layer.name}, top blob {name} data: {glog.num(_mean_abs(v))}")
+                self._line(FORWARD_TOP, glog.forward_top_message(layer.name, name, _mean_abs(v)))
             for k, p in enumerate(layer.blobs()):
-                self._line(FORWARD_PARAM, f"[Forward] Layer {layer.name}, param blob {k} data: {glog.num(_mean_abs(p))}")
+                self._line(FORWARD_PARAM, glog.forward_param_message(layer.name, k, _mean_abs(p)))
         return blobs
 
     def backward(self) -> None:
@@ -89,7 +89,7 @@ class DebugPass:
                 _, name, bottom, _tops = step
                 grad = self.split_sources[name].grad
                 if grad is not None:
-                    self._line(BACKWARD_BOTTOM, f"[Backward] Layer {name}, bottom blob {bottom} diff: {glog.num(_mean_abs(grad))}")
+                    self._line(BACKWARD_BOTTOM, glog.backward_bottom_message(name, bottom, _mean_abs(grad)))
                 continue
             _, i, names = step
             layer = net.layers[i]
@@ -99,9 +99,9 @@ class DebugPass:
             if not takes_part:
                 continue
             for n, g in grads:
-                self._line(BACKWARD_BOTTOM, f"[Backward] Layer {layer.name}, bottom blob {n} diff: {glog.num(_mean_abs(g))}")
+                self._line(BACKWARD_BOTTOM, glog.backward_bottom_message(layer.name, n, _mean_abs(g)))
             for k, p in enumerate(params):
-                self._line(BACKWARD_PARAM, f"[Backward] Layer {layer.name}, param blob {k} diff: {glog.num(_mean_abs(p.grad))}")
+                self._line(BACKWARD_PARAM, glog.backward_param_message(layer.name, k, _mean_abs(p.grad)))
         l1_data = l1_diff = l2_data = l2_diff = 0.0
         for p in net.params():
             d = p.tensor.detach().double()
@@ -111,5 +111,4 @@ class DebugPass:
                 g = p.tensor.grad.detach().double()
                 l1_diff += float(g.abs().sum())
                 l2_diff += float((g * g).sum())
-        self._line(NORMS, f"[Backward] All net params (data, diff): L1 norm = ({glog.num(l1_data)}, {glog.num(l1_diff)}); "
-                          f"L2 norm = ({glog.num(l2_data ** 0.5)}, {glog.num(l2_diff ** 0.5)})", level="E")
+        self._line(NORMS, glog.norms_message(l1_data, l1_diff, l2_data ** 0.5, l2_diff ** 0.5), level="E")

@@ -1,4 +1,4 @@
-"""``scratchdet detect``: run a deploy net on images and draw its detections.
+"""Running a deploy net on images and drawing its detections (``scratchdet detect``).
 
 Each image is resized to the net's input (bilinear, as the SSD test transform's WARP resize),
 mean-subtracted and scaled as the TEST data layer of a prototxt transforms its data, run through
@@ -32,30 +32,6 @@ from ..errors import ScratchDetError
 
 DEFAULT_MEAN = (104.0, 117.0, 123.0)
 WRITABLE = {".png", ".jpg", ".jpeg", ".bmp"}
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="deploy.prototxt (Input + network + DetectionOutput)")
-    parser.add_argument("--weights", help=".caffemodel (required with the engine)")
-    parser.add_argument("--labelmap", help="LabelMap prototxt for class names (default: the one the "
-                                           "companion test.prototxt names, if any)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score drawn (default 0.5)")
-    parser.add_argument("--mean", help="B,G,R mean to subtract (default: the companion test.prototxt's "
-                                       "mean_value, else 104,117,123)")
-    parser.add_argument("--out", required=True, help="folder for the drawn images")
-    parser.add_argument("--gpu", default="cpu", help="'cpu' (default) or a CUDA device id")
-    parser.add_argument("images", nargs="+", help="image files")
-    add_transform_arguments(parser)
-
-
-def add_transform_arguments(parser) -> None:
-    parser.add_argument("--scale", type=float, help="multiply the mean-subtracted pixels by this (default: "
-                                                    "the transform prototxt's scale, else 1)")
-    parser.add_argument("--swap-rb", action="store_true", help="feed the net R,G,B instead of B,G,R "
-                                                                 "(nets trained on RGB input)")
-    parser.add_argument("--transform-from", metavar="PROTOTXT",
-                        help="take mean, scale and label map from this prototxt's (TEST) data layer "
-                             "(default: test.prototxt beside --model)")
 
 
 @dataclass
@@ -261,13 +237,6 @@ def load_net(args):
     net.to(device_of(args.gpu))
     _output_blob(net)
     return net
-
-
-def main(args) -> int:
-    io.make_dirs(args.out, "--out folder")     # before minutes of loading: fail fast
-    net = load_net(args)
-    return run_images(args, lambda image, transform: detect(net, image, transform),
-                      companion_transform(Path(args.model)))
 
 
 def run_images(args, detect_one, default: Transform) -> int:

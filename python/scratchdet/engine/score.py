@@ -14,10 +14,9 @@ import numpy as np
 import torch
 
 from ..ap import detection_map
-from ..caffe import io
+from ..caffe import glog, io
 from ..caffe.netstate import TEST
 from ..errors import ScratchDetError
-from . import glog
 from .debug_info import DebugPass
 
 
@@ -48,17 +47,10 @@ def score_detections(rows_per_pass: list[np.ndarray], ap_version: str, log=None,
     if log:
         for label, ap in per_label:
             if ap is None:
-                log("W", glog.MISSING_TP, f"Missing true_pos for label: {label}")
+                log("W", glog.MISSING_TP, glog.missing_tp_message(label))
             elif show_per_class:
-                log("I", glog.PER_CLASS, f"class{label}: {glog.num(ap)}")
+                log("I", glog.PER_CLASS, glog.per_class_message(label, ap))
     return value
-
-
-def output_line(phase: str, k: int, name: str, value: float, loss_weight: float = 0.0) -> str:
-    """Solver's ``    Train net output #k: name = v`` (``phase`` "Train" or "Test"), with
-    `` (* w = w*v loss)`` after an output that has a loss weight (spec §5.5)."""
-    extra = f" (* {glog.num(loss_weight)} = {glog.num(loss_weight * value)} loss)" if loss_weight else ""
-    return f"    {phase} net output #{k}: {name} = {glog.num(value)}{extra}"
 
 
 def distinct_test_images(net, iterations: int) -> int:
@@ -149,10 +141,10 @@ def run_test(net, iterations: int, eval_type: str = "detection", ap_version: str
                 blob_of[key] = name
     if log:
         if compute_loss:
-            log("I", glog.TEST_OUTPUT, f"Test loss: {glog.num(loss_total / max(iterations, 1))}")
+            log("I", glog.TEST_OUTPUT, glog.test_loss_message(loss_total / max(iterations, 1)))
         for k, (key, value) in enumerate(results.items()):
             weight = loss_weights.get(blob_of.get(key, key), 0.0)
-            log("I", glog.TEST_OUTPUT, output_line("Test", k, key, value, weight))
+            log("I", glog.TEST_OUTPUT, glog.output_message("Test", k, key, value, weight))
     return results
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..caffe import glog
 from ..caffe.schema import pb
 from ..errors import ScratchDetError
 
@@ -99,7 +100,7 @@ class LearningRate:
             if self.current_step < len(sp.stepvalue) and it >= sp.stepvalue[self.current_step]:
                 self.current_step += 1
                 if log:
-                    log(f"MultiStep Status: Iteration {it}, step = {self.current_step}")
+                    log(glog.multistep_message(it, self.current_step))
             rate = base * gamma ** self.current_step
         elif policy == "poly":
             rate = base * (1.0 - it / float(sp.max_iter)) ** power
@@ -114,7 +115,7 @@ class LearningRate:
                     self.current_step += 1
                     self.iter_last_event = it
                     if log:
-                        log(f"Plateau Status: Iteration {it}, step = {self.current_step}")
+                        log(glog.plateau_message(it, self.current_step))
             rate = base * gamma ** self.current_step
         else:
             raise ScratchDetError(f"solver: unknown lr_policy {policy!r}")
@@ -181,8 +182,7 @@ class SGD:
         if self.clip >= 0 and norm > self.clip:
             scale = self.clip / norm
             info.clip_scale = scale
-            info.messages.append(f"Gradient clipping: scaling down gradients (L2 norm {_g(norm)} > "
-                                 f"{_g(self.clip)}) by scale factor {_g(scale)}")
+            info.messages.append(glog.clip_message(norm, self.clip, scale))
             for p, _ in self._updated():
                 self.diff(p).mul_(scale)
         # the same operations on every blob, in Caffe's order per blob, as a few multi-tensor
@@ -238,8 +238,3 @@ class SGD:
         lr.current_step = int(state.current_step)
         lr.minimum_loss = f32(state.minimum_loss)
         lr.iter_last_event = int(state.iter_last_event)
-
-
-def _g(v: float) -> str:
-    from .glog import num
-    return num(v)

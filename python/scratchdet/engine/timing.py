@@ -15,29 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..caffe import io
-from ..caffe.netstate import PHASES, filter_net
+from ..caffe import glog
+from ..caffe.netstate import filter_net
 from ..caffe.schema import pb
 from ..caffe.shapes import infer
 from ..errors import ScratchDetError
-from . import glog
 
 TAG = "timing.py:1"
 DATA_TYPES = ("AnnotatedData", "Data", "ImageData", "VideoData", "DummyData", "MemoryData", "WindowData", "HDF5Data")
 BOXES_PER_IMAGE = 2
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="net prototxt (train, test or deploy)")
-    parser.add_argument("--weights", help="optional .caffemodel to load first")
-    parser.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
-    parser.add_argument("--phase", choices=sorted(PHASES), default="TRAIN", help="net phase (default TRAIN, as caffe time)")
-    parser.add_argument("--level", type=int, default=0)
-    parser.add_argument("--stage", action="append", default=[], help="NetState stage (repeatable)")
-    parser.add_argument("--gpu", default="cpu", help="'cpu' (default) or a CUDA device id")
-    parser.add_argument("--data", choices=("random", "real"), default="random",
-                        help="replace data layers by random inputs of their shape (default) or read them")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and random inputs")
 
 
 # -- preparing the net ----------------------------------------------------------------------------------
@@ -54,7 +40,7 @@ def device_of(gpu: str) -> torch.device:
     return torch.device("cuda", index)
 
 
-def _num_classes(param) -> int:
+def num_classes(param) -> int:
     for lp in param.layer:
         for field_name in ("multibox_loss_param", "detection_output_param", "detection_evaluate_param"):
             if lp.HasField(field_name) and getattr(lp, field_name).HasField("num_classes"):
@@ -197,14 +183,14 @@ def benchmark(net, inputs: dict, iterations: int, device: torch.device, log=None
     result = Timing([layer.name for layer in net.layers], iterations, [0.0] * n, [0.0] * n)
     inputs = {k: v.to(device) for k, v in inputs.items()}
     say = log or (lambda message: None)
-    say("Performing Forward")
+    say(glog.TIME_FORWARD)
     scratch = [0.0] * n
     blobs, records = _forward(net, inputs, clock, scratch)
-    say(f"Initial loss: {glog.num(float(net.total_loss(blobs).detach()))}")
-    say("Performing Backward")
+    say(glog.initial_loss_message(float(net.total_loss(blobs).detach())))
+    say(glog.TIME_BACKWARD)
     _backward(net, blobs, records, clock, scratch)
-    say("*** Benchmark begins ***")
-    say(f"Testing for {iterations} iterations.")
+    say(glog.BENCHMARK_BEGINS)
+    say(glog.testing_for_message(iterations))
     start = clock()
     for j in range(iterations):
         t0 = clock()
@@ -214,38 +200,15 @@ def benchmark(net, inputs: dict, iterations: int, device: torch.device, log=None
         del blobs, records
         ms = (clock() - t0) * 1000.0
         result.iteration_ms.append(ms)
-        say(f"Iteration: {j + 1} forward-backward time: {glog.num(ms)} ms.")
+        say(glog.iteration_time_message(j + 1, ms))
     result.total_ms = (clock() - start) * 1000.0
-    say("Average time per layer: ")
+    say(glog.AVERAGE_PER_LAYER)
     for name, f, b in zip(result.names, result.forward_ms, result.backward_ms):
-        say(f"{name:>10}\tforward: {glog.num(f / iterations)} ms.")
-        say(f"{name:>10}\tbackward: {glog.num(b / iterations)} ms.")
-    say(f"Average Forward pass: {glog.num(result.average_forward)} ms.")
-    say(f"Average Backward pass: {glog.num(result.average_backward)} ms.")
-    say(f"Average Forward-Backward: {glog.num(result.total_ms / iterations)} ms.")
-    say(f"Total Time: {glog.num(result.total_ms)} ms.")
-    say("*** Benchmark ends ***")
+        say(glog.layer_time_message(name, "forward", f / iterations))
+        say(glog.layer_time_message(name, "backward", b / iterations))
+    say(glog.average_time_message("Forward pass", result.average_forward))
+    say(glog.average_time_message("Backward pass", result.average_backward))
+    say(glog.average_time_message("Forward-Backward", result.total_ms / iterations))
+    say(glog.total_time_message(result.total_ms))
+    say(glog.BENCHMARK_ENDS)
     return result
-
-
-def main(args) -> int:
-    from .caffemodel import load_caffemodel
-    from .net import Net
-
-    phase = PHASES[args.phase]
-    device = device_of(args.gpu)
-    param = io.read_net(args.model)
-    box_tops: list[str] = []
-    if args.data == "random":
-        param, box_tops = replace_data_layers(param, phase, args.level, args.stage, args.model)
-    net = Net(param, phase, level=args.level, stages=tuple(args.stage), source=args.model, seed=args.seed)
-    if args.weights:
-        load_caffemodel(net, args.weights)
-    net.to(device)
-    for layer in net.layers:
-        if hasattr(layer, "configure"):         # data layers read on this device
-            layer.device = device
-    inputs = random_inputs(net, box_tops, _num_classes(param), args.seed)
-    print(glog.line("I", TAG, f"Use {'GPU ' + str(device.index) if device.type == 'cuda' else 'CPU'}."), flush=True)
-    benchmark(net, inputs, args.iterations, device, log=lambda m: print(glog.line("I", TAG, m), flush=True))
-    return 0

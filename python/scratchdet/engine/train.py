@@ -22,15 +22,14 @@ from pathlib import Path
 import torch
 from google.protobuf import text_format
 
-from ..caffe import io
+from ..caffe import glog, io
 from ..caffe.netstate import TEST, TRAIN
 from ..caffe.schema import pb
 from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, ScratchDetError
-from . import glog
 from .debug_info import DebugPass
 from .distributed import Dist, broadcast_from_root, reduce_gradients
 from .fast import FastPath, set_tf32
-from .score import data_layers, images_per_forward, output_line, run_test
+from .score import data_layers, images_per_forward, run_test
 from .solver import SGD, LearningRate, check_solver
 
 
@@ -167,7 +166,7 @@ class Trainer:
             self.log = glog.Logger(log_path, quiet=quiet, append=bool(snapshot))
         else:
             self.log = glog.NullLogger()
-        self.log.info(glog.SOLVER, "Initializing solver from parameters: \n" + text_format.MessageToString(sp).rstrip())
+        self.log.info(glog.SOLVER, glog.solver_block_message(text_format.MessageToString(sp).rstrip()))
         for note in notes:
             self.log.info(glog.OURS, note)
         self.log.info(glog.OURS, f"Random seed: {seed}; device: {self.dist.device}"
@@ -175,12 +174,12 @@ class Trainer:
         torch.manual_seed(seed)
 
         param, source = train_net_param(sp)
-        self.log.info(glog.TRAIN_NET, f"Creating training net from {source}")
+        self.log.info(glog.TRAIN_NET, glog.train_net_message(source))
         self.net = build_net(param, TRAIN, sp.train_state, source, seed)
         self.test_nets = []
         if self.dist.is_root:
             for i, (tparam, tsource) in enumerate(test_net_params(sp)):
-                self.log.info(glog.TEST_NET, f"Creating test net (#{i}) specified by {tsource}")
+                self.log.info(glog.TEST_NET, glog.test_net_message(i, tsource))
                 self.test_nets.append(build_net(tparam, TEST, _state(sp.test_state, i), tsource, seed))
         self.fast = fast or FastPath()
         if not self.fast.faithful:
@@ -245,13 +244,13 @@ class Trainer:
     def _copy_weights(self, weights: str) -> None:
         from .caffemodel import load_caffemodel
         for path in [w for w in weights.split(",") if w]:
-            self.log.info(glog.CAFFE_TOOL, f"Finetuning from {path}")
+            self.log.info(glog.CAFFE_TOOL, glog.finetune_message(path))
             for net in [self.net] + self.test_nets:
                 load_caffemodel(net, path)
 
     def _restore(self, path: str) -> None:
         from .caffemodel import load_caffemodel, read_solverstate
-        self.log.info(glog.RESTORE, f"SGDSolver: restoring history from {path}")
+        self.log.info(glog.RESTORE, glog.restore_message(path))
         state = read_solverstate(path)
         learned = state.learned_net
         if learned and not Path(learned).is_file() and (Path(path).parent / Path(learned).name).is_file():
@@ -276,9 +275,9 @@ class Trainer:
         model = f"{prefix}_iter_{self.iter}.caffemodel"
         state = f"{prefix}_iter_{self.iter}.solverstate"
         Path(model).parent.mkdir(parents=True, exist_ok=True)
-        self.log.info(glog.SNAPSHOT_MODEL, f"Snapshotting to binary proto file {model}")
+        self.log.info(glog.SNAPSHOT_MODEL, glog.snapshot_message(model))
         save_caffemodel(self.net, model)
-        self.log.info(glog.SNAPSHOT_STATE, f"Snapshotting solver state to binary proto file {state}")
+        self.log.info(glog.SNAPSHOT_STATE, glog.snapshot_state_message(state))
         write_solverstate(state, self.sgd.state_proto(self.iter, model, self.lr))
         return model
 
@@ -318,15 +317,14 @@ class Trainer:
             values = blobs[name].detach().float().reshape(-1).cpu().tolist()
             w = weights.get(name, 0.0)
             for v in values:
-                log.info(glog.TRAIN_OUTPUT, output_line("Train", k, name, v, w))
+                log.info(glog.TRAIN_OUTPUT, glog.output_message("Train", k, name, v, w))
                 k += 1
         log.info(glog.OURS, glog.grad_norm_message(self.iter, self._grad_norm))
         if iters > 0 and elapsed > 0:
             its = iters / elapsed
             imgs = its * self.batch * self.sp.iter_size * self.dist.world
             left = max(self.sp.max_iter - self.iter, 0) / its
-            eta = f"{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
-            log.info(glog.OURS, f"Iteration {self.iter}, speed = {its:.3g} iter/s, {imgs:.1f} images/s, ETA {eta}")
+            log.info(glog.OURS, glog.speed_message(self.iter, its, imgs, left))
 
     def _install_signals(self):
         if threading_main() is False:
@@ -349,8 +347,8 @@ class Trainer:
         sp = self.sp
         log = self.log
         result = TrainResult("done", self.iter)
-        log.info(glog.SOLVING, f"Solving {self.net_name()}")
-        log.info(glog.LR_POLICY, f"Learning Rate Policy: {sp.lr_policy}")
+        log.info(glog.SOLVING, glog.solving_message(self.net_name()))
+        log.info(glog.LR_POLICY, glog.lr_policy_message(sp.lr_policy))
         old_handlers = self._install_signals()
         start_iter = self.iter
         stop_iter = sp.max_iter
@@ -419,7 +417,7 @@ class Trainer:
                     if self._stop_request == "snapshot" and not snap_now:
                         result.snapshots.append(self.snapshot())
                     if self._stop_request != "none":
-                        log.info(glog.SOLVER, f"Interrupted at iteration {self.iter}: stopping")
+                        log.info(glog.SOLVER, glog.interrupted_message(self.iter))
                         result.status = "interrupted"
                         break
                     self._stop_request = None
@@ -438,7 +436,7 @@ class Trainer:
                     log.info(glog.FINAL_LOSS, glog.loss_message(self.iter, self._smoothed))
                 if sp.test_interval and self.iter % sp.test_interval == 0:
                     result.tests.append((self.iter, self.test_all()))
-                log.info(glog.DONE, "Optimization Done.")
+                log.info(glog.DONE, glog.done_message())
         finally:
             if old_handlers:
                 for sig, handler in old_handlers.items():

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ScratchDetError
 from . import variants
-from .logparse import RunRecord, parse_log
+from .logparse import RunRecord
 
 WITHIN, BELOW, ABOVE = "within tolerance", "below", "above"
 NAN_EXPECTED, NAN_UNEXPECTED = "NAN as expected", "unexpected NAN"
@@ -196,6 +195,10 @@ def format_markdown(cards: list[ScoreCard], tolerance: float) -> str:
     return "\n".join(lines)
 
 
+def format_json(cards: list[ScoreCard]) -> str:
+    return json.dumps([_json_safe(c.to_dict()) for c in cards], indent=1)
+
+
 def _json_safe(v):
     if isinstance(v, float) and not math.isfinite(v):
         return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
@@ -204,49 +207,3 @@ def _json_safe(v):
     if isinstance(v, list):
         return [_json_safe(x) for x in v]
     return v
-
-
-# -- CLI ----------------------------------------------------------------------------------------------
-
-def add_arguments(p) -> None:
-    p.add_argument("logs", nargs="+", metavar="LOG", help="training logs (Caffe SSD, BVLC Caffe or ours)")
-    p.add_argument("--variant", action="append", default=None,
-                   help="variant id per log, in order (default: from runs/<dataset>/<variant>/, the snapshot prefix or net name)")
-    p.add_argument("--paper-key", action="append", default=None,
-                   help="paper result key per log (e.g. table1/scratch_bn_both/lr0.05), overriding the registry's")
-    p.add_argument("--tolerance", type=float, default=1.0, help="points of mAP counted as a match (default 1.0)")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    fmt.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--strict", action="store_true",
-                   help=f"exit 1 when a verdict is one of: {', '.join(STRICT_FAILURES)}")
-
-
-def _per_log(values, n: int, flag: str) -> list:
-    if not values:
-        return [None] * n
-    if len(values) != n:
-        raise ScratchDetError(f"{flag} given {len(values)} times for {n} logs: give it once per log, in order")
-    return list(values)
-
-
-def main(args) -> int:
-    if args.tolerance < 0:
-        raise ScratchDetError(f"--tolerance {args.tolerance}: must not be negative")
-    n = len(args.logs)
-    vids = _per_log(args.variant, n, "--variant")
-    keys = _per_log(args.paper_key, n, "--paper-key")
-    for key in keys:
-        if key:
-            variants.check_paper_key(key)
-    cards = [score(parse_log(log), vid, key, args.tolerance) for log, vid, key in zip(args.logs, vids, keys)]
-    if args.json:
-        print(json.dumps([_json_safe(c.to_dict()) for c in cards], indent=1))
-    elif args.markdown:
-        print(format_markdown(cards, args.tolerance))
-    else:
-        print(format_text(cards))
-    if args.strict and any(c.verdict in STRICT_FAILURES for c in cards):
-        print("scratchdet compare: some runs do not match the paper (see verdicts)", file=sys.stderr)
-        return 1
-    return 0

@@ -42,18 +42,18 @@ from typing import Iterable
 
 from ..errors import ScratchDetError
 
-# Caffe's log wording lives with the writer (engine/glog.py); the parser only reads it
-from ..engine.glog import number  # noqa: F401  (a number as Caffe prints it; re-exported)
-from ..engine.glog import (CLIP_RE as CLIP, CRASH_RE as CRASH, DIVERGED_RE as DIVERGED, DONE_RE as DONE,
+# Caffe's log wording has one home, caffe/glog.py, shared with the writer; the parser only reads it
+from ..caffe.glog import number  # noqa: F401  (a number as Caffe prints it; re-exported)
+from ..caffe.glog import (CLIP_RE as CLIP, CRASH_RE as CRASH, DIVERGED_RE as DIVERGED, DONE_RE as DONE,
                            GLOG_RE as GLOG, GRAD_NORM_RE as GRAD_NORM, ITER_PER_S_RE as ITER_PER_S, ITERATION_RE,
-                           LOSS_RE as LOSS, LR_RE as LR, MISSING_TP_RE as MISSING_TP, MULTISTEP_RE as MULTISTEP,
-                           NET_BLOCK, NUM_RE as NUM, OLD_TEST_SCORE_RE as OLD_TEST_SCORE, PER_CLASS_RE as PER_CLASS,
+                           LOSS_RE as LOSS, LR_RE as LR, MESSAGE_STARTS, MISSING_TP_RE as MISSING_TP,
+                           MULTISTEP_RE as MULTISTEP, NET_BLOCK, NUM_RE as NUM, OLD_TEST_SCORE_RE as OLD_TEST_SCORE, PER_CLASS_RE as PER_CLASS,
                            RESTORE_RE as RESTORE, SNAPSHOT_RE as SNAPSHOT, SNAPSHOT_STATE_RE as SNAPSHOT_STATE,
                            SOLVER_BLOCK, SOLVING_RE as SOLVING, SPEED_RE as SPEED, TEST_LOSS_RE as TEST_LOSS,
-                           TEST_OUTPUT_RE as TEST_OUTPUT, TESTING_RE as TESTING, TRAIN_OUTPUT_RE as TRAIN_OUTPUT)
+                           TEST_OUTPUT_RE as TEST_OUTPUT, TESTING_RE as TESTING, TRAIN_OUTPUT_RE as TRAIN_OUTPUT,
+                           is_ours)
 
 BLOCK_FIELD = re.compile(r"^\s*(\w+)\s*:\s*(.*?)\s*$")
-TEST_KEYWORDS = ("Iteration", "Train net output", "Test net output", "Test loss", "Training diverged")
 PROTO_LINE = re.compile(r"^(?:\w+\s*:\s*\S.*|\w+\s*\{|\})$")   # a line of protobuf text format
 
 MAX_WARNINGS = 20   # one malformed line per kind is enough to read; the rest are counted
@@ -248,7 +248,7 @@ class _Parser:
             self.block = None
             message, tag = m.group(6), m.group(5)
             self.caffe_lines += 1
-            if tag.startswith("train.py"):
+            if is_ours(tag):
                 self.ours = True
             if m.group(1) == "F":       # glog's FATAL: Caffe aborts right after it
                 self._crash(lineno, f"{tag}] {message.strip()}")
@@ -322,7 +322,7 @@ class _Parser:
         if ITERATION_RE.search(message):   # an iteration line of a form not known: what follows is not
             self.point = None              # the last known point's, nor the last test's
             self.test = None
-        if any(message.lstrip().startswith(k) for k in TEST_KEYWORDS):
+        if any(message.lstrip().startswith(k) for k in MESSAGE_STARTS):
             self.warn("unparsed:" + message.split(" ", 1)[0],
                       f"{rec.source}:{lineno}: line not understood (truncated?): {message[:100]!r}")
 

@@ -27,5 +27,5 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from . import get
+    from ..backends import get
     return get(args.backend).train(args)

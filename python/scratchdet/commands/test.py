@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from . import get
+    from ..backends import get
     from ..errors import ScratchDetError
     if args.backend == "onnxruntime" and not args.onnx:
         raise ScratchDetError("--backend onnxruntime needs --onnx F.onnx (from scratchdet export)")

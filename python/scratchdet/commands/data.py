@@ -110,8 +110,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     cmd = args.data_command
     if cmd == "check":
-        from .check import main_check
-        return main_check(args)
+        return _check(args)
     if cmd == "labelmap":
         return _labelmap(args)
     if getattr(args, "jobs", 1) < 1:
@@ -119,8 +118,17 @@ def main(args) -> int:
     return {"voc": _voc, "coco": _coco, "synthetic": _synthetic, "convert": _convert}[cmd](args)
 
 
+def _check(args) -> int:
+    from ..data.check import check_db, format_report
+    if not Path(args.db).exists():
+        raise ScratchDetError(f"{args.db}: does not exist")
+    report = check_db(args.db, args.labelmap, decode=not args.no_decode)
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
 def _labelmap(args) -> int:
-    from . import labelmap as lm
+    from ..data import labelmap as lm
     labelmap = lm.load(args.file)
     lm.check(labelmap, args.file)
     for item in labelmap.item:
@@ -131,8 +139,8 @@ def _labelmap(args) -> int:
 
 def _resolve_labelmap(explicit, default, fallback, what):
     """An explicit label map must exist; the conventional one is used if present, else ``fallback()``."""
-    from . import labelmap as lm
-    from .files import conventional_file, not_found_note
+    from ..data import labelmap as lm
+    from ..data.files import conventional_file, not_found_note
     if explicit:
         return lm.load(explicit), explicit
     found = conventional_file(default)
@@ -143,7 +151,7 @@ def _resolve_labelmap(explicit, default, fallback, what):
 
 
 def _run(entries, db, name_to_label, args, desc=None):
-    from .convert import convert, print_summary
+    from ..data.convert import convert, print_summary
     jobs = args.jobs if len(entries) >= PARALLEL_MIN else 1
     summary = convert(entries, db, name_to_label, strict=getattr(args, "strict", False), jobs=jobs,
                       map_size=args.map_size, desc=desc, quiet=args.quiet)
@@ -152,9 +160,9 @@ def _run(entries, db, name_to_label, args, desc=None):
 
 
 def _voc(args) -> int:
-    from . import labelmap as lm
-    from . import voc
-    from .convert import write_list, write_name_size
+    from ..data import labelmap as lm
+    from ..data import voc
+    from ..data.convert import write_list, write_name_size
     years = tuple(y.strip() for y in args.years.split(",") if y.strip())
     if args.sets:
         sets = [s.strip() for s in args.sets.split(",")]
@@ -191,9 +199,9 @@ def _voc(args) -> int:
 
 
 def _coco(args) -> int:
-    from . import coco
-    from . import labelmap as lm
-    from .convert import write_name_size
+    from ..data import coco
+    from ..data import labelmap as lm
+    from ..data.convert import write_name_size
     only = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else None
     year, sets, categories = coco.build_sets(args.root, args.year, seed=args.seed, only=only)
     wanted = list(sets)
@@ -215,9 +223,9 @@ def _coco(args) -> int:
 
 
 def _synthetic(args) -> int:
-    from . import labelmap as lm
-    from . import synthetic, voc
-    from .convert import write_list, write_name_size
+    from ..data import labelmap as lm
+    from ..data import synthetic, voc
+    from ..data.convert import write_list, write_name_size
     stats = synthetic.generate(args.out, args.images, args.seed, quiet=args.quiet, jobs=args.jobs,
                                profile=args.profile)
     total = max(stats["objects"], 1)
@@ -241,8 +249,8 @@ def _synthetic(args) -> int:
 
 
 def _warn_if_labelmap_differs(labelmap) -> None:
-    from . import labelmap as lm
-    from .files import conventional_file
+    from ..data import labelmap as lm
+    from ..data.files import conventional_file
     path = conventional_file(SYNTHETIC_LABELMAP)
     if path is None:
         return
@@ -256,9 +264,9 @@ def _warn_if_labelmap_differs(labelmap) -> None:
 
 
 def _convert(args) -> int:
-    from . import labelmap as lm
-    from .convert import read_list, write_name_size
-    from .entries import shuffled
+    from ..data import labelmap as lm
+    from ..data.convert import read_list, write_name_size
+    from ..data.entries import shuffled
     if args.label_type in ("xml", "json") and not args.labelmap:
         raise ScratchDetError(f"--label-type {args.label_type} needs --labelmap (class names -> labels)")
     name_to_label = {}

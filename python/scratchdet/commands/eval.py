@@ -64,7 +64,7 @@ def _warn(lines) -> None:
 
 
 def _voc(args) -> int:
-    from . import detfiles, groundtruth, voc
+    from ..eval import detfiles, groundtruth, voc
     from ..caffe import io
     progress = not args.quiet and sys.stderr.isatty()
     if args.iou <= 0 or args.iou > 1:
@@ -146,7 +146,7 @@ def _size_sides(text: str) -> tuple[float, float]:
 
 
 def _coco(args) -> int:
-    from . import coco
+    from ..eval import coco
     results = coco.read_results(args.dets)
     gt = coco.load_ground_truth(args.gt)
     ids = sorted({r["image_id"] for r in results}) if args.only_detected_images else None
@@ -163,7 +163,7 @@ def _coco(args) -> int:
 
 
 def _testdev(args) -> int:
-    from . import coco
+    from ..eval import coco
     results = coco.read_results(args.dets)
     path, warnings = coco.write_testdev(results, args.out, args.alg, args.image_info)
     _warn(warnings)

@@ -13,7 +13,7 @@ import sys
 
 from tqdm import tqdm
 
-from scratchdet.errors import ScratchDetError
+from ..errors import ScratchDetError
 
 
 def add_arguments(p) -> None:
@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
 
 
 def _overrides(pairs: list[str]) -> dict:
-    from .build import OVERRIDES
+    from prototxt_gen.build import OVERRIDES
     out = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -60,7 +60,7 @@ def _list(variants, as_json: bool) -> None:
 
 
 def main(args) -> int:
-    from . import build, registry
+    from prototxt_gen import build, registry
     if args.list:
         variants = [registry.get(i) for i in args.ids] if args.ids else registry.all_variants()
         _list(variants, args.json)
