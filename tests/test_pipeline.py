@@ -91,7 +91,7 @@ def test_demo_dry_run_sequence_and_sample_images_placeholder(tmp_path):
     # the demo net is not the paper's configuration, and the run says so before it starts
     note = next(line for line in proc.stderr.splitlines() if line.startswith("note: demo_rootres"))
     assert "no BatchNorm in the head (paper: with)" in note and "base lr 0.005 (paper: 0.05)" in note
-    assert "make voc07_rootres34" in note
+    assert "make voc07_rootres34" in note and "make mini-paper" in note
 
 
 def test_paper_config_difference_is_silent_when_there_is_none():
