@@ -280,11 +280,18 @@ def big_list(tmp_path_factory) -> tuple[Path, Path]:
     return root, lst
 
 
+def _default_sigint():
+    """A shell without job control starts background jobs with SIGINT ignored, and the child would
+    inherit that (a CI script run with ``&``): give it a terminal's Ctrl-C, as the test means."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(big_list, out: Path, sig: int, group: bool):
     root, lst = big_list
     proc = subprocess.Popen([sys.executable, "-m", "scratchdet", "data", "convert", "--root", str(root), "--list",
                              str(lst), "--out", str(out / "big_lmdb"), "--label-type", "txt", "--jobs", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
     for _ in range(600):           # wait (at most ~60 s) until the pool is at work on the database
         if any(p.name.endswith(".tmp") for p in out.glob(".big_lmdb.*")) or proc.poll() is not None:
             break
