@@ -33,7 +33,7 @@ SAMPLE_IMAGES = "{sample_test_images}"   # shown in place of the images a detect
 NEEDS_WEIGHTS = ("test", "detect")       # step kinds that read a variant's trained weights
 
 
-def _table_variants(prefix: str) -> tuple[str, ...]:
+def table_variants(prefix: str) -> tuple[str, ...]:
     return tuple(v.id for v in registry.all_variants() if v.id.startswith(prefix))
 
 
@@ -112,9 +112,9 @@ def plan_experiment(target: str, lmdb_dir: str = LMDB_DIR, gpus: int = 4,
     if target in EXPERIMENTS:
         data_key, variants = EXPERIMENTS[target]
     elif target == "table1":
-        data_key, variants = "voc07", _table_variants("table1_")
+        data_key, variants = "voc07", table_variants("table1_")
     elif target == "table2":
-        data_key, variants = "voc07", _table_variants("table2_") + _table_variants("fig3_")
+        data_key, variants = "voc07", table_variants("table2_") + table_variants("fig3_")
     else:
         raise ScratchDetError(f"unknown experiment {target!r}; known: "
                               f"{', '.join(sorted(EXPERIMENTS) + ['table1', 'table2'])}")

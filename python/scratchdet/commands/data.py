@@ -14,15 +14,17 @@ import os
 import sys
 from pathlib import Path
 
+from ..datasets import DATASETS
 from ..errors import ScratchDetError
 
-VOC_LABELMAP = "data/VOC0712/labelmap_voc.prototxt"
-COCO_LABELMAP = "data/coco/labelmap_coco.prototxt"
-SYNTHETIC_LABELMAP = "data/labelmap_synthetic.prototxt"
-VOC_NAME_SIZE = "data/VOC0712/test_name_size.txt"
-VOC12_NAME_SIZE = "data/VOC0712Plus/test_name_size.txt"
-COCO_NAME_SIZE_DIR = "data/coco"
-SYNTHETIC_NAME_SIZE = "data/synthetic_test_name_size.txt"
+# the defaults are the data-set catalog's files (the nets are generated to read these paths)
+VOC_LABELMAP = DATASETS["voc07"].label_map
+COCO_LABELMAP = DATASETS["coco"].label_map
+SYNTHETIC_LABELMAP = DATASETS["synthetic"].label_map
+VOC_NAME_SIZE = DATASETS["voc07"].name_size
+VOC12_NAME_SIZE = DATASETS["voc12"].name_size
+COCO_NAME_SIZE_DIR = str(Path(DATASETS["coco"].name_size).parent)
+SYNTHETIC_NAME_SIZE = DATASETS["synthetic"].name_size
 PARALLEL_MIN = 200          # below this many images a worker pool costs more than it saves
 
 

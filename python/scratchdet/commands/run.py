@@ -27,7 +27,7 @@ def main(args) -> int:
     if args.experiment == "demo":
         return pipeline.run_plan(pipeline.plan_demo(images=args.images), args.dry_run)
     if args.experiment == "demo-table1":
-        return pipeline.run_plan(pipeline.plan_demo(pipeline._table_variants("demo_table1_"), images=args.images,
+        return pipeline.run_plan(pipeline.plan_demo(pipeline.table_variants("demo_table1_"), images=args.images,
                                                     detect=False, name="demo-table1"), args.dry_run)
     try:
         plan = pipeline.plan_experiment(args.experiment, args.lmdb_dir, args.gpus, args.raw)

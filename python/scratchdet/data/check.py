@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..caffe.schema import pb
+from ..datasets import DATASETS
 from ..errors import plain
 from . import labelmap as lm
 from .files import conventional_file, not_found_note
@@ -48,8 +49,8 @@ class CheckReport:
         return not self.invalid
 
 
-LABELMAP_BY_NAME = (("voc", "data/VOC0712/labelmap_voc.prototxt"), ("coco", "data/coco/labelmap_coco.prototxt"),
-                    ("synthetic", "data/labelmap_synthetic.prototxt"))
+LABELMAP_BY_NAME = (("voc", DATASETS["voc07"].label_map), ("coco", DATASETS["coco"].label_map),
+                    ("synthetic", DATASETS["synthetic"].label_map))
 
 
 def guess_labelmap(db_path) -> tuple[Path | None, str]:
