@@ -229,3 +229,118 @@ def test_bad_transform_params_are_clear_errors():
     bad = io.parse_text("batch_sampler { sampler { min_scale: 0.5 max_scale: 0.2 } }", pb.AnnotatedDataParameter)
     with pytest.raises(ScratchDetError, match="min_scale"):
         A.generate_batch_samples(np.zeros((0, 4)), bad.batch_sampler, np.random.default_rng(0))
+
+
+# -- the batch samplers in one numpy pass, against the spec's per-trial loop written out here --------
+
+def _spec_sample_box(ranges, u):
+    """SampleBBox (spec §3, step 3) for one trial, in scalar float64."""
+    lo_s, hi_s, lo_a, hi_a = ranges
+    scale = lo_s + (hi_s - lo_s) * u[0]
+    aspect = lo_a + (hi_a - lo_a) * u[1]
+    aspect = min(max(aspect, scale * scale), 1.0 / (scale * scale))
+    bw, bh = scale * np.sqrt(aspect), scale / np.sqrt(aspect)
+    x0 = (1.0 - bw) * u[2] if bw < 1 else 0.0
+    y0 = (1.0 - bh) * u[3] if bh < 1 else 0.0
+    return (x0, y0, x0 + bw, y0 + bh)
+
+
+def _spec_satisfies(box, objects, c):
+    """SatisfySampleConstraint for one box: every configured test passed by some single object."""
+    names = ("jaccard_overlap", "sample_coverage", "object_coverage")
+    if not any(c.HasField(f"{m}_{n}") for n in names for m in ("min", "max")):
+        return True
+
+    def area(b):
+        return 0.0 if b[2] < b[0] or b[3] < b[1] else (b[2] - b[0]) * (b[3] - b[1])
+
+    for o in objects:
+        if box[0] > o[2] or box[2] < o[0] or box[1] > o[3] or box[3] < o[1]:
+            inter = 0.0
+        else:
+            inter = max(min(o[2], box[2]) - max(o[0], box[0]), 0) * max(min(o[3], box[3]) - max(o[1], box[1]), 0)
+        union = area(o) + area(box) - inter
+        values = {"jaccard_overlap": inter / union if inter > 0 else 0.0,
+                  "sample_coverage": inter / area(box) if area(box) > 0 else 0.0,
+                  "object_coverage": inter / area(o) if area(o) > 0 else 0.0}
+        if all((not c.HasField(f"min_{n}") or v >= getattr(c, f"min_{n}")) and
+               (not c.HasField(f"max_{n}") or v <= getattr(c, f"max_{n}")) for n, v in values.items()):
+            return True
+    return False
+
+
+def _spec_generate(objects, batch_samplers, rng):
+    pool = []
+    for bs in batch_samplers:
+        if not bs.use_original_image:
+            continue
+        s = bs.sampler
+        ranges = (s.min_scale, s.max_scale, s.min_aspect_ratio, s.max_aspect_ratio)
+        found = 0
+        for u in rng.random((bs.max_trials, 4)):
+            if bs.HasField("max_sample") and found >= bs.max_sample:
+                break
+            box = _spec_sample_box(ranges, u)
+            if _spec_satisfies(box, objects, bs.sample_constraint):
+                found += 1
+                pool.append(box)
+    return pool
+
+
+def test_vectorised_batch_samplers_equal_the_per_trial_loop():
+    """Same boxes, same order, same rng stream afterwards, on SSD's seven samplers and on mixed
+    constraints (coverage bounds, an unused sampler, a degenerate and a touching object)."""
+    _, ssd = ssd_train(64)
+    mixed = io.parse_text("""
+      batch_sampler { sampler { min_scale: 0.2 max_scale: 0.9 min_aspect_ratio: 0.25 max_aspect_ratio: 4 }
+                      sample_constraint { min_sample_coverage: 0.3 max_object_coverage: 0.8 } max_trials: 40 }
+      batch_sampler { use_original_image: false max_trials: 5 }
+      batch_sampler { sampler { min_scale: 0.5 max_scale: 0.5 }
+                      sample_constraint { max_jaccard_overlap: 0.2 min_object_coverage: 0.0 } max_sample: 3 max_trials: 30 }
+    """, pb.AnnotatedDataParameter).batch_sampler
+    rng = np.random.default_rng(5)
+    compared = 0
+    for trial in range(300):
+        n = int(rng.integers(0, 6))
+        xy = rng.random((n, 2)) * 0.9
+        objects = np.concatenate([xy, xy + rng.random((n, 2)) * 0.6], axis=1)
+        if trial % 7 == 0 and n:
+            objects[0, 2] = objects[0, 0]            # zero width
+        if trial % 11 == 0 and n:
+            objects[-1] = (0.0, 0.0, 1.0, 1.0)
+        for samplers in (ssd, mixed):
+            seed = int(rng.integers(1 << 30))
+            r1, r2 = np.random.default_rng(seed), np.random.default_rng(seed)
+            expected = _spec_generate(objects, samplers, r1)
+            got = A.generate_batch_samples(objects, samplers, r2)
+            assert got == expected
+            assert r1.random() == r2.random()
+            compared += len(got)
+    assert compared > 3000
+
+
+def test_reencode_window_is_the_window_of_the_whole_round_trip():
+    """The round trip of the window's macroblocks (plus one around it) decodes to the same pixels
+    as the whole image's round trip, on windows at every edge and of every alignment."""
+    rng = np.random.default_rng(2)
+    for trial in range(60):
+        h, w = (int(v) for v in rng.integers(20, 260, 2))
+        img = cv2_smooth_image(h, w, rng)
+        whole = A.reencode(img)
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
+        if trial % 5 == 0:
+            x0, y0, x1, y1 = 0, 0, w, h
+        np.testing.assert_array_equal(A.reencode_window(img, x0, y0, x1, y1), whole[y0:y1, x0:x1])
+
+
+def cv2_smooth_image(h, w, rng):
+    """An image with smooth colour areas, edges and a mean-filled border, like an expanded canvas."""
+    import cv2
+    coarse = rng.integers(0, 256, (max(h // 8, 2), max(w // 8, 2), 3), dtype=np.uint8)
+    img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+    img = cv2.add(img, rng.integers(0, 40, (h, w, 3), dtype=np.uint8))
+    top, left = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+    img[:top] = (104, 117, 123)
+    img[:, :left] = (104, 117, 123)
+    return img
