@@ -18,6 +18,7 @@ from ..caffe import glog, io
 from ..caffe.netstate import TEST
 from ..errors import ScratchDetError
 from .debug_info import DebugPass
+from .malloc import keep_freed_memory
 
 
 # -- the net's data and detection layers -----------------------------------------------------------------
@@ -168,6 +169,7 @@ def score(model: str, weights: str | None, iterations: int | None = None, *, dev
     ``fold``: BatchNorm/Scale folded into the convolutions first (engine.fold; the same scores,
     faster; ``scratchdet test`` asks for it unless --no-fold)."""
     from .caffemodel import load_caffemodel
+    keep_freed_memory()
     from .fold import fold as fold_net
     from .net import Net
     net = Net(io.read_net(model), TEST, level=level, stages=stages, source=model, seed=seed)

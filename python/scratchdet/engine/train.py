@@ -29,6 +29,7 @@ from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, ScratchDetError
 from .debug_info import DebugPass
 from .distributed import Dist, broadcast_from_root, reduce_gradients
 from .fast import FastPath, set_tf32
+from .malloc import keep_freed_memory
 from .score import data_layers, images_per_forward, run_test
 from .solver import SGD, LearningRate, check_solver
 
@@ -141,6 +142,7 @@ class Trainer:
                  device: str = "cpu", dist: Dist | None = None, iter_size_factor: int = 1,
                  workers: int | None = None, sigint_effect: str = "snapshot", quiet: bool = False,
                  notes: tuple[str, ...] = (), fast: FastPath | None = None):
+        keep_freed_memory()
         self.solver_path = str(solver_path)
         sp = io.read_solver(solver_path)
         if max_iter is not None:
