@@ -47,6 +47,32 @@ def test_boxes_are_clipped_scaled_rounded_and_truncated():
     assert voc_box(np.float32([10.996, 0.0, 12.0, 1.0]))[0] == 11
 
 
+def _c_voc_box(box):
+    """One box as the fork's C++ computes it, a float32 scalar at a time: round(v * 100) / 100
+    (halves away from zero), static_cast<int>, xmax = xmin + int(size)."""
+    def hundredths(v):
+        scaled = np.float32(v) * np.float32(100)
+        rounded = np.float32(np.floor(abs(scaled) + np.float32(0.5)))
+        return np.float32((rounded if scaled >= 0 else -rounded) / np.float32(100))
+    x0, y0, x1, y1 = (np.float32(v) for v in box)
+    xmin, ymin = int(hundredths(x0)), int(hundredths(y0))
+    return xmin, ymin, xmin + int(hundredths(np.float32(x1 - x0))), ymin + int(hundredths(np.float32(y1 - y0)))
+
+
+def test_many_boxes_at_once_as_the_fork_does_each():
+    """The writer rounds a pass's boxes in one array; each equals the fork's per-box arithmetic,
+    half-hundredth ties and boxes past the image included."""
+    from scratchdet.engine.layers.detection_save import scaled_boxes, voc_boxes
+    rng = np.random.default_rng(4)
+    norm = rng.random((4000, 4)).astype(np.float32) * 1.4 - 0.2
+    norm[:1000] = np.round(norm[:1000] * 400) / 400            # many exact half-hundredths after scaling
+    heights, widths = rng.integers(1, 900, 4000), rng.integers(1, 900, 4000)
+    boxes = scaled_boxes(norm, heights, widths)
+    expected = [_c_voc_box(b) for b in boxes]
+    assert [tuple(r) for r in voc_boxes(boxes).tolist()] == expected
+    assert all(voc_box(scaled_box(n, h, w)) == e for n, h, w, e in zip(norm[:200], heights, widths, expected))
+
+
 def test_scores_print_as_a_cpp_stream():
     assert [cpp_float(v) for v in (0.6716341, 0.5, 1.0, 1.5e-05, 0.01, 0.123456789)] == \
         ["0.671634", "0.5", "1", "1.5e-05", "0.01", "0.123457"]

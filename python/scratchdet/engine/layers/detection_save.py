@@ -65,25 +65,41 @@ def cpp_float(value: float) -> str:
     return f"{float(np.float32(value)):.6g}"
 
 
+def scaled_boxes(boxes, heights, widths) -> np.ndarray:
+    """OutputBBox without resize_param: normalized boxes [K,4] clipped to [0, 1], times each
+    one's original width and height, in float32."""
+    b = np.clip(np.asarray(boxes, np.float32).reshape(-1, 4), np.float32(0), np.float32(1))
+    w, h = np.asarray(widths, np.float32).reshape(-1), np.asarray(heights, np.float32).reshape(-1)
+    return b * np.stack([w, h, w, h], axis=1)
+
+
 def scaled_box(box, height: int, width: int) -> np.ndarray:
-    """OutputBBox without resize_param: the normalized box clipped to [0, 1], times the original
-    width and height, in float32."""
-    b = np.clip(np.asarray(box, np.float32), np.float32(0), np.float32(1))
-    return b * np.asarray([width, height, width, height], np.float32)
+    return scaled_boxes(box, [height], [width])[0]
+
+
+def hundredths_f32(v) -> np.ndarray:
+    """``round(v * 100) / 100.`` elementwise in the fork's float arithmetic (C ``round``: halves
+    away from 0)."""
+    scaled = np.asarray(v, np.float32) * np.float32(100)
+    return (np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5)) / np.float32(100)).astype(np.float32)
 
 
 def hundredths(v) -> float:
-    """``round(v * 100) / 100.`` in the fork's float arithmetic (C ``round``: halves away from 0)."""
-    scaled = np.float32(v) * np.float32(100)
-    return float(np.float32(np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5)) / 100.0))
+    return float(hundredths_f32(v))
 
 
-def voc_box(box: np.ndarray) -> tuple[int, int, int, int]:
-    """(xmin, ymin, xmax, ymax) integers as the VOC writer prints a scaled box: rounded to 1/100
-    pixel, truncated (``static_cast<int>``); the maximum is the minimum plus the truncated size."""
-    x0, y0, x1, y1 = (np.float32(v) for v in box)
-    xmin, ymin = int(hundredths(x0)), int(hundredths(y0))
-    return xmin, ymin, xmin + int(hundredths(x1 - x0)), ymin + int(hundredths(y1 - y0))
+def voc_boxes(boxes) -> np.ndarray:
+    """[K,4] (xmin, ymin, xmax, ymax) integers as the VOC writer prints scaled boxes: rounded to
+    1/100 pixel, truncated (``static_cast<int>``); the maximum is the minimum plus the truncated
+    size."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    low = hundredths_f32(b[:, :2]).astype(np.int64)
+    size = hundredths_f32(b[:, 2:] - b[:, :2]).astype(np.int64)
+    return np.concatenate([low, low + size], axis=1)
+
+
+def voc_box(box) -> tuple[int, int, int, int]:
+    return tuple(int(v) for v in voc_boxes(box)[0])
 
 
 def json_id(name: str):
@@ -108,6 +124,8 @@ class DetectionSaver:
             raise ScratchDetError(f"{where}: save_output_param.resize_param is not supported (boxes are written "
                                   "in the original image size from name_size_file)")
         self.names = read_name_size(sp.name_size_file, where)
+        self._heights = np.array([h for _, h, _ in self.names], np.int64)
+        self._widths = np.array([w for _, _, w in self.names], np.int64)
         self.num_test_image = int(sp.num_test_image) if sp.HasField("num_test_image") else len(self.names)
         if not 0 < self.num_test_image <= len(self.names):
             raise ScratchDetError(f"{where}: save_output_param.num_test_image {self.num_test_image} must be in "
@@ -120,7 +138,7 @@ class DetectionSaver:
         self.label_names = label_names
         self.enabled = False
         self.count = 0
-        self.pending: list[tuple[int, int, float, np.ndarray]] = []   # name index, label, score, pixel box
+        self.pending: list[tuple] = []   # per forward: name index, label, score, pixel box arrays
 
     @classmethod
     def from_param(cls, dp, num_classes: int, where: str) -> "DetectionSaver | None":
@@ -148,20 +166,29 @@ class DetectionSaver:
         if not self.enabled:
             return []
         rows = np.asarray(rows, np.float32).reshape(-1, 7)
+        rows = rows[rows[:, 1] != -1]                      # the "nothing found" filler rows
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]  # image order, each image's rows in order
+        image = rows[:, 0].astype(np.int64)
         written: list[Path] = []
-        for i in range(num):
-            name_index = self.count
-            for row in rows[rows[:, 0] == i]:
-                label = int(row[1])
-                if label == -1:                 # the "nothing found" filler row
-                    continue
-                _, h, w = self.names[name_index]
-                self.pending.append((name_index, label, float(row[2]), scaled_box(row[3:7], h, w)))
-            self.count += 1
-            if self.count % self.num_test_image == 0:
+        start = 0
+        while start < num:
+            take = min(num - start, self.num_test_image - self.count)   # the images left in this pass
+            part = rows[(image >= start) & (image < start + take)]
+            name_index = self.count + part[:, 0].astype(np.int64) - start
+            self.pending.append((name_index, part[:, 1].astype(np.int64), part[:, 2],
+                                 scaled_boxes(part[:, 3:7], self._heights[name_index], self._widths[name_index])))
+            self.count += take
+            start += take
+            if self.count == self.num_test_image:
                 written = self.write()
                 self.count, self.pending = 0, []
         return written
+
+    def _detections(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The pass's (name index, label, score, pixel box) arrays, in detection order."""
+        if not self.pending:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 4), np.float32)
+        return tuple(np.concatenate(parts) for parts in zip(*self.pending))
 
     def write(self) -> list[Path]:
         try:
@@ -175,21 +202,19 @@ class DetectionSaver:
                                   f"({exc.strerror or exc})") from None
 
     def _voc_text(self, label: int) -> str:
-        lines = []
-        for k, lab, score, box in self.pending:
-            if lab == label:
-                x0, y0, x1, y1 = voc_box(box)
-                lines.append(f"{self.names[k][0]} {cpp_float(score)} {x0} {y0} {x1} {y1}\n")
-        return "".join(lines)
+        names, labels, scores, boxes = self._detections()
+        mine = labels == label
+        return "".join(f"{self.names[k][0]} {cpp_float(score)} {x0} {y0} {x1} {y1}\n"
+                       for k, score, (x0, y0, x1, y1) in zip(names[mine].tolist(), scores[mine].tolist(),
+                                                             voc_boxes(boxes[mine]).tolist()))
 
     def _coco_text(self) -> str:
-        dets = []
-        for k, label, score, box in self.pending:
-            x0, y0, x1, y1 = (np.float32(v) for v in box)
-            dets.append({"image_id": json_id(self.names[k][0]), "category_id": json_id(self.label_names[label]),
-                         # 1/100 pixel and 9 digits: the values the fork's float32 fields hold
-                         "bbox": [round(hundredths(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
-                         "score": float(f"{np.float32(score):.9g}")})
+        names, labels, scores, boxes = self._detections()
+        # 1/100 pixel and 9 digits: the values the fork's float32 fields hold
+        xywh = hundredths_f32(np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)).tolist()
+        dets = [{"image_id": json_id(self.names[k][0]), "category_id": json_id(self.label_names[label]),
+                 "bbox": [round(v, 2) for v in box], "score": float(f"{np.float32(score):.9g}")}
+                for k, label, score, box in zip(names.tolist(), labels.tolist(), scores.tolist(), xywh)]
         return json.dumps(dets, indent=1) + "\n"
 
     @staticmethod
