@@ -191,6 +191,39 @@ def test_pooling_matches_caffe_borders(size, k, s, p, expect_out, method):
     np.testing.assert_allclose(y, caffe_pool(x, k, s, p, method), rtol=1e-5, atol=1e-6)
 
 
+def caffe_max_pool_backward(x, k, s, p, grad):
+    """Caffe's MAX backward: each output's gradient goes to the first maximum of its window, in
+    row-major window order (spec §6), the window clipped to the image as in caffe_pool."""
+    n, c, h, w = x.shape
+    gx = np.zeros_like(x)
+    for i in range(grad.shape[2]):
+        for j in range(grad.shape[3]):
+            hs, ws = max(i * s - p, 0), max(j * s - p, 0)
+            he, we = min(i * s - p + k, h), min(j * s - p + k, w)
+            win = x[:, :, hs:he, ws:we].reshape(n, c, -1)
+            first = win.argmax(axis=2)                       # numpy's argmax takes the first maximum
+            dh, dw = np.divmod(first, we - ws)
+            for a in range(n):
+                for b in range(c):
+                    gx[a, b, hs + dh[a, b], ws + dw[a, b]] += grad[a, b, i, j]
+    return gx
+
+
+@pytest.mark.parametrize("size,k,s,p", [(8, 2, 2, 0), (75, 2, 2, 0), (19, 3, 1, 1), (13, 3, 2, 1), (7, 3, 2, 2)])
+def test_max_pooling_gradient_goes_to_the_first_maximum(size, k, s, p):
+    """Values and gradients with many ties (ReLU zeros, whole numbers), on the CPU path that pools
+    in channels-last memory: the gradient goes where Caffe sends it."""
+    x = np.maximum(np.round(randn(2, 3, size, size) * 2), 0).astype(np.float32)
+    net = one_layer(f'layer {{ name: "pool" type: "Pooling" bottom: "x" top: "y" pooling_param {{ pool: MAX '
+                    f'kernel_size: {k} stride: {s} pad: {p} }} }}', {"x": x.shape})
+    xt = torch.from_numpy(x).requires_grad_()
+    y = net.forward({"x": xt})["y"]
+    grad = randn(*y.shape)
+    y.backward(torch.from_numpy(grad))
+    np.testing.assert_array_equal(y.detach().numpy(), caffe_pool(x, k, s, p, "MAX"))
+    np.testing.assert_array_equal(xt.grad.numpy(), caffe_max_pool_backward(x, k, s, p, grad))
+
+
 def test_pooling_rectangular_and_global():
     x = randn(1, 2, 7, 10)
     net = one_layer('layer { name: "pool" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE '
