@@ -45,7 +45,12 @@ test: setup
 gen: setup
 	$(SCRATCHDET) gen --all --out models
 
-bench: setup
+# the speed benchmarks' peers (torchvision's SSD augmentation recipe), matching the pinned torch
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -q torchvision==0.29.1
+	touch $@
+
+bench: setup $(VENV)/.bench-installed
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 	@# gpu_check needs a CUDA device: without one its --dry mode runs the same code paths, small
 	@if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
