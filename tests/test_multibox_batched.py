@@ -235,3 +235,27 @@ def test_batched_multibox_loss_equals_the_per_image_code(opts, norm, clip):
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert (grads[0][1].reshape(n, -1).abs().sum(1)[1] == 0) == ("MAX_NEGATIVE" in opts)  # no gt: no rows mined
+
+
+@pytest.mark.parametrize("opts,norm,clip", [CASES[0], CASES[4], CASES[5]])
+def test_a_batch_without_any_box_gives_caffes_loss(opts, norm, clip):
+    """Every crop of a small batch can lose every object; the label blob is then the single
+    filler row. Caffe matches nothing: with mining no row is mined and the loss is 0; without
+    mining every prior is a background row. The per-image code is the reference."""
+    n, c = 2, 5
+    label = torch.tensor([[-1.0] * 8]).reshape(1, 1, 1, 8)
+    text = NET % dict(n=n, c=c, g=1, opts=opts, norm=norm, clip="clip: true" if clip else "",
+                      nloc=6 * 6 * 4 * 4 * (1 if "share_location: true" in opts else c), nconf=6 * 6 * 4 * c)
+    net = Net(parse_text(text, pb.NetParameter), TRAIN, seed=0)
+    rng = np.random.default_rng(0)
+    loc = torch.from_numpy(rng.standard_normal((n, net.blob_shapes["loc"][1])).astype(np.float32))
+    conf = torch.from_numpy(rng.standard_normal((n, 6 * 6 * 4 * c)).astype(np.float32))
+    feed = {"f": torch.zeros(n, 1, 6, 6), "data": torch.zeros(n, 3, 300, 300), "label": label}
+    lc, cf = loc.clone().requires_grad_(True), conf.clone().requires_grad_(True)
+    blobs = net.forward(dict(feed, loc=lc, conf=cf))
+    blobs["mbox_loss"].backward()
+    old, matches = old_multibox(net.layer("mbox_loss"), loc, conf, blobs["pb"], label)
+    assert net.layer("mbox_loss").last_num_matches == matches == 0
+    assert float(blobs["mbox_loss"].detach()) == pytest.approx(float(old.detach()), rel=2e-6, abs=1e-7)
+    assert (float(old.detach()) == 0.0) == ("MAX_NEGATIVE" in opts)
+    assert torch.all(lc.grad == 0)

@@ -38,7 +38,7 @@ def ground_truth_padded(label: torch.Tensor, num: int, background: int, use_diff
     order = np.argsort(item, kind="stable")
     rows, item = rows[order], item[order]
     counts = np.bincount(item, minlength=num)
-    g = int(counts.max()) if num else 0
+    g = max(int(counts.max()) if num else 0, 1)   # a batch without any box still has a (padding) column to gather
     slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     labels = np.zeros((num, g), dtype=np.int64)
     boxes = np.zeros((num, g, 4), dtype=np.float32)
