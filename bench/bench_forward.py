@@ -88,6 +88,7 @@ def main() -> int:
     from scratchdet.caffe.netstate import TEST
     from scratchdet.engine.caffemodel import save_caffemodel
     from scratchdet.engine.fold import fold
+    from scratchdet.engine.malloc import keep_freed_memory
     from scratchdet.engine.net import Net
     from scratchdet.engine.timing import device_of
 
@@ -97,6 +98,7 @@ def main() -> int:
         return 2
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
+    keep_freed_memory()      # as `scratchdet test` / `detect` run
     device = device_of(args.gpu)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -133,7 +135,7 @@ def main() -> int:
         x = rng.uniform(-128, 128, (batch,) + chw).astype(np.float32)
         xt = torch.from_numpy(x).to(device)
         feed = {slot: xt}
-        results: dict[str, list[float]] = {"ours": [], "folded": [], "direct": [], "cv": []}
+        results: dict[str, list[float]] = {"ours": [], "folded": [], "chunked": [], "direct": [], "cv": []}
         counts: dict[str, int] = {}
 
         def ours():
@@ -146,6 +148,13 @@ def main() -> int:
                 out = folded.forward({name: xt})[out_name]
             counts["folded"] = int((out.reshape(-1, 7)[:, 1] >= 0).sum())
 
+        def ours_chunked():
+            folded.set_micro_batch(1)
+            with torch.no_grad():
+                out = folded.forward({name: xt})[out_name]
+            folded.set_micro_batch(None)
+            counts["chunked"] = int((out.reshape(-1, 7)[:, 1] >= 0).sum())
+
         def direct():
             with torch.no_grad():
                 run_direct(plan, size, feed)
@@ -155,7 +164,8 @@ def main() -> int:
             out = cv.forward()
             counts["cv"] = int((out.reshape(-1, 7)[:, 1] >= 0).sum())
 
-        engines = [("ours", ours), ("folded", ours_folded), ("direct", direct)] + ([("cv", cv_forward)] if cv is not None else [])
+        chunked = [("chunked", ours_chunked)] if batch > 1 and device.type == "cpu" else []
+        engines = [("ours", ours), ("folded", ours_folded)] + chunked + [("direct", direct)] + ([("cv", cv_forward)] if cv is not None else [])
         for _, fn in engines:          # warm-up
             fn()
             sync()
@@ -167,6 +177,7 @@ def main() -> int:
                 results[key].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) / batch for k, v in results.items() if v}
         labels = {"ours": "scratchdet Net.forward", "folded": "scratchdet, BN/Scale/ReLU folded",
+                  "chunked": "folded, 1 image at a time (`test`)",
                   "direct": "same layers one by one, unfused",
                   "cv": f"OpenCV dnn {cv2.__version__} (CPU)"}
         for key in med:
@@ -175,7 +186,8 @@ def main() -> int:
                   f"{'' if det is None else det:>10}")
         if "cv" in med:
             print(f"{batch:>5} ratio ours / OpenCV: {med['ours'] / med['cv']:.2f}  "
-                  f"folded / OpenCV: {med['folded'] / med['cv']:.2f}")
+                  f"folded / OpenCV: {med['folded'] / med['cv']:.2f}"
+                  + (f"  folded 1 at a time / OpenCV: {med['chunked'] / med['cv']:.2f}" if "chunked" in med else ""))
         # Net.forward runs BatchNorm+Scale as one op and ReLUs in place; the direct calls run every
         # layer on its own, so this is those fusions net of the interpreter's bookkeeping
         print(f"{batch:>5} Net.forward (fused pairs, bookkeeping) vs the layers one by one: "

@@ -224,6 +224,7 @@ def load_net(args):
     unless ``args.no_fold``."""
     from .caffemodel import load_caffemodel
     from .fold import fold
+    from .malloc import keep_freed_memory
     from .net import Net
     from .timing import device_of
 
@@ -235,6 +236,7 @@ def load_net(args):
     if not getattr(args, "no_fold", False):
         net = fold(net)
     net.to(device_of(args.gpu))
+    keep_freed_memory()
     _output_blob(net)
     return net
 

@@ -25,7 +25,7 @@ from ..caffe.shapes import infer
 from ..caffe.upgrade import upgrade_inputs
 from ..errors import ScratchDetError
 from . import caffemodel
-from .fast import COMPUTE_TYPES, FastPath, FastPlan
+from .fast import COMPUTE_TYPES, FastPath, FastPlan, micro_batch_plan
 from .layers import build_layer
 
 @dataclass
@@ -152,6 +152,15 @@ class Net(nn.Module):
         if fast.channels_last:
             self.to(memory_format=torch.channels_last)     # 4-D weights only; Parameters stay the same objects
         self._plan = FastPlan(self, fast.compile) if fast.compile else None
+
+    def set_micro_batch(self, chunk: int | None) -> bool:
+        """For inference: run the compute layers ``chunk`` images at a time (None: the whole batch).
+        Only where every compute layer treats each image on its own (``fast.batch_local``) and no
+        compiled segment is set; returns whether it is on."""
+        if self._plan is not None and self._plan.chunk is None:
+            return False                                   # a compiled segment has the net
+        self._plan = micro_batch_plan(self, chunk) if chunk else None
+        return self._plan is not None
 
     def _cast_input(self, value: torch.Tensor) -> torch.Tensor:
         if self.fast.channels_last and value.dim() == 4:

@@ -177,6 +177,8 @@ def score(model: str, weights: str | None, iterations: int | None = None, *, dev
         load_caffemodel(net, path)
     if fold:
         net = fold_net(net)
+        if torch.device(device).type == "cpu":
+            net.set_micro_batch(1)    # the same scores; a batch's activations stay in the caches
     return score_net(net, iterations, device=device, eval_type=eval_type, ap_version=ap_version, log=log,
                      workers=workers, seed=seed, show_per_class=show_per_class, progress=progress)
 
