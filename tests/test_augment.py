@@ -238,7 +238,7 @@ def _spec_sample_box(ranges, u):
     lo_s, hi_s, lo_a, hi_a = ranges
     scale = lo_s + (hi_s - lo_s) * u[0]
     aspect = lo_a + (hi_a - lo_a) * u[1]
-    aspect = min(max(aspect, scale * scale), 1.0 / (scale * scale))
+    aspect = min(max(aspect, scale ** 2), 1.0 / scale ** 2)      # std::pow(scale, 2.)
     bw, bh = scale * np.sqrt(aspect), scale / np.sqrt(aspect)
     x0 = (1.0 - bw) * u[2] if bw < 1 else 0.0
     y0 = (1.0 - bh) * u[3] if bh < 1 else 0.0
@@ -317,6 +317,16 @@ def test_vectorised_batch_samplers_equal_the_per_trial_loop():
             assert r1.random() == r2.random()
             compared += len(got)
     assert compared > 3000
+
+
+def test_sample_boxes_equal_the_scalar_arithmetic_bit_for_bit():
+    """Where the aspect ratio is clamped to [s^2, 1/s^2] the square is libm's pow, as the
+    per-trial code had it (x * x differs in the last bit for about 1 in 1,000 scales)."""
+    u = np.random.default_rng(9).random((60_000, 4))
+    ranges = (0.6, 1.0, 0.3, 3.0)
+    got = A.sample_boxes(ranges, u)
+    expected = np.array([_spec_sample_box(ranges, row) for row in u.tolist()])
+    assert np.array_equal(got, expected)
 
 
 def test_reencode_window_is_the_window_of_the_whole_round_trip():
