@@ -1,10 +1,13 @@
 """The engine's CPU training step against real SSD Caffe's on the same solver, as a ratio.
 
-    python bench/bench_caffe.py [--caffe PATH] [--model models/synthetic/demo_rootres] [--iters 10] [--rounds 2]
+    python bench/bench_caffe.py [--caffe PATH] [--model models/synthetic/demo_rootres[:BATCH] ...]
+        [--iters 10] [--rounds 2]
 
 Both train the model's train net from a temporary copy of its solver (``solver_mode: CPU``, no test
 net, no snapshots, display every iteration) on the same small synthetic LMDB, with their default
-threads and data prefetching. The runs alternate (Caffe, ours, Caffe, ours, ...) so machine load
+threads and data prefetching. By default the demo net at its own batch and ScratchDet300 (VOC07,
+Root-ResNet-34) at batch 2, since its batch of 32 takes minutes an iteration on a CPU; ``:BATCH``
+after a model folder sets the batch. The runs alternate (Caffe, ours, Caffe, ours, ...) so machine load
 hits both alike. Seconds per iteration come from the log timestamps of the ``Iteration k, loss``
 lines between iteration ``warm-up`` and ``warm-up + iters`` (start-up excluded); the table gives
 the medians over rounds. Caffe comes from --caffe, else CAFFE_BIN, else ``caffe`` on the PATH; without
@@ -54,11 +57,13 @@ def per_iteration(log_text: str, first: int, last: int, who: str) -> float:
     return span / (last - first)
 
 
-def write_solver(model: Path, db: Path, tmp: Path, max_iter: int) -> Path:
+def write_solver(model: Path, db: Path, tmp: Path, max_iter: int, batch: int | None = None) -> Path:
     net = io.read_net(model / "train.prototxt")
     for lp in net.layer:
         if lp.type == "AnnotatedData":
             lp.data_param.source = str(db)
+            if batch:
+                lp.data_param.batch_size = batch
             adp = lp.annotated_data_param
             if adp.label_map_file and not Path(adp.label_map_file).is_absolute():
                 adp.label_map_file = str(REPO / adp.label_map_file)
@@ -86,10 +91,38 @@ def find_caffe(given: str | None) -> str | None:
     return exe if exe and Path(exe).is_file() and os.access(exe, os.X_OK) else None
 
 
+DEFAULT_MODELS = ("models/synthetic/demo_rootres", "models/VOC0712/voc07_rootres34:2")
+
+
+def model_and_batch(spec: str) -> tuple[Path, int | None]:
+    """``folder`` or ``folder:BATCH`` -> (absolute folder, batch or None for the net's own)."""
+    folder, _, batch = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "")
+    path = (REPO / folder).resolve()
+    if not (path / "train.prototxt").is_file() or not (path / "solver.prototxt").is_file():
+        raise SystemExit(f"bench_caffe: {folder}: no train.prototxt and solver.prototxt there")
+    return path, int(batch) if batch else None
+
+
+def run_pair(caffe: str, solver: Path, tmp: Path, env: dict, first: int, last: int) -> tuple[float, float]:
+    """(Caffe's, ours) seconds per iteration over iterations first..last, Caffe first."""
+    r = subprocess.run([caffe, "train", f"--solver={solver}"], cwd=tmp, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"caffe train failed (exit {r.returncode}): {(r.stderr.strip().splitlines() or [''])[-1]}")
+    caffe_s = per_iteration(r.stderr, first, last, "caffe")
+    log = tmp / "ours.log"
+    r = subprocess.run([sys.executable, "-m", "scratchdet", "train", "--solver", str(solver), "--gpu", "cpu",
+                        "--log", str(log), "--quiet", "--seed", "1"], cwd=tmp, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"scratchdet train failed (exit {r.returncode}): {(r.stderr.strip().splitlines() or [''])[-1]}")
+    return caffe_s, per_iteration(log.read_text(), first, last, "scratchdet")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--caffe", default=None, help="the SSD Caffe binary (default: CAFFE_BIN, else caffe on the PATH)")
-    p.add_argument("--model", default="models/synthetic/demo_rootres", help="folder with train.prototxt and solver.prototxt")
+    p.add_argument("--model", action="append", default=None, metavar="FOLDER[:BATCH]",
+                   help="folder with train.prototxt and solver.prototxt, optionally :batch (repeatable; "
+                        f"default {' and '.join(DEFAULT_MODELS)})")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per run")
     p.add_argument("--warmup", type=int, default=2, help="iterations before the timed ones")
     p.add_argument("--rounds", type=int, default=2, help="Caffe/ours pairs, alternating")
@@ -99,40 +132,35 @@ def main(argv=None) -> int:
     if caffe is None:
         print("bench_caffe: no SSD Caffe binary (set CAFFE_BIN or --caffe); nothing measured")
         return 0
-    model = (REPO / args.model).resolve()
+    models = [model_and_batch(spec) for spec in (args.model or DEFAULT_MODELS)]
     first, last = args.warmup, args.warmup + args.iters
-    times: dict[str, list[float]] = {"caffe": [], "ours": []}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "python"), str(REPO)] +
                                                       ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_caffe.") as tmp:
         tmp = Path(tmp)
         db = make_lmdb(tmp, args.images)
-        solver = write_solver(model, db, tmp, last + 1)
-        batch = next(lp.data_param.batch_size for lp in io.read_net(tmp / "train.prototxt").layer
-                     if lp.type == "AnnotatedData")
-        for _ in range(args.rounds):
-            r = subprocess.run([caffe, "train", f"--solver={solver}"], cwd=tmp, capture_output=True, text=True, env=env)
-            if r.returncode != 0:
-                print(f"bench_caffe: caffe train failed (exit {r.returncode}): "
-                      f"{(r.stderr.strip().splitlines() or [''])[-1]}", file=sys.stderr)
+        for model, batch_override in models:
+            solver = write_solver(model, db, tmp, last + 1, batch_override)
+            batch = next(lp.data_param.batch_size for lp in io.read_net(tmp / "train.prototxt").layer
+                         if lp.type == "AnnotatedData")
+            times: dict[str, list[float]] = {"caffe": [], "ours": []}
+            try:
+                for _ in range(args.rounds):
+                    c, o = run_pair(caffe, solver, tmp, env, first, last)
+                    times["caffe"].append(c)
+                    times["ours"].append(o)
+            except RuntimeError as exc:
+                print(f"bench_caffe: {model.relative_to(REPO)}: {exc}", file=sys.stderr)
                 return 1
-            times["caffe"].append(per_iteration(r.stderr, first, last, "caffe"))
-            log = tmp / "ours.log"
-            r = subprocess.run([sys.executable, "-m", "scratchdet", "train", "--solver", str(solver), "--gpu", "cpu",
-                                "--log", str(log), "--quiet", "--seed", "1"], cwd=tmp, capture_output=True, text=True, env=env)
-            if r.returncode != 0:
-                print(f"bench_caffe: scratchdet train failed (exit {r.returncode}): "
-                      f"{(r.stderr.strip().splitlines() or [''])[-1]}", file=sys.stderr)
-                return 1
-            times["ours"].append(per_iteration(log.read_text(), first, last, "scratchdet"))
-    caffe_s, ours_s = statistics.median(times["caffe"]), statistics.median(times["ours"])
-    print(f"training step on the CPU, {model.relative_to(REPO)} at batch {batch}: iterations {first}-{last}, "
-          f"median of {args.rounds} alternating runs each ({os.cpu_count()} CPUs, {datetime.date.today()})")
-    print(f"{'engine':<28} {'s/iter':>8} {'images/s':>9}   runs (s/iter)")
-    for name, label, value in (("caffe", f"SSD Caffe ({Path(caffe).name})", caffe_s), ("ours", "scratchdet torch engine", ours_s)):
-        runs = " ".join(f"{v:.2f}" for v in times[name])
-        print(f"{label:<28} {value:>8.3f} {batch / value:>9.1f}   {runs}")
-    print(f"ratio ours / Caffe (time): {ours_s / caffe_s:.2f}")
+            rows.append((model.relative_to(REPO), batch, times))
+    print(f"training step on the CPU: iterations {first}-{last}, median of {args.rounds} alternating runs each "
+          f"({os.cpu_count()} CPUs, {datetime.date.today()}, Caffe {Path(caffe).name} and ours at default threads)")
+    print(f"{'model':<34} {'batch':>5} {'Caffe s/iter':>12} {'ours s/iter':>11} {'ratio (time)':>12}   runs Caffe | ours")
+    for model, batch, times in rows:
+        caffe_s, ours_s = statistics.median(times["caffe"]), statistics.median(times["ours"])
+        runs = " ".join(f"{v:.2f}" for v in times["caffe"]) + " | " + " ".join(f"{v:.2f}" for v in times["ours"])
+        print(f"{str(model):<34} {batch:>5} {caffe_s:>12.3f} {ours_s:>11.3f} {ours_s / caffe_s:>12.2f}   {runs}")
     return 0
 
 
