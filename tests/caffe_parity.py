@@ -223,7 +223,7 @@ def digest(v: np.ndarray) -> list[float]:
     return [float(np.linalg.norm(v))] + [float(x) for x in _signs(v.size, PROJECTIONS) @ v]
 
 
-def run_digests(root: Path, name: str, who: str, its=(1, ITERS)) -> dict:
+def run_digests(root: Path, name: str, who: str, its=(1, 2, ITERS)) -> dict:
     """{it: {blob: digest}}: weights as their change from init.caffemodel, BatchNorm's blobs and the
     history as they are."""
     init = initial_blobs(root, name)

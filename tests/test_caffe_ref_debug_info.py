@@ -5,9 +5,12 @@ one iteration with ``debug_info: true`` in both. The first pass's lines must be 
 the same order: every ``[Forward] Layer L, top blob B data: v`` and ``param blob k data``, every
 ``[Backward] Layer L, bottom blob B diff`` and ``param blob k diff`` (Split layers included, under
 Caffe's names), and the ``All net params`` norms. Values are means of absolute values printed to 6
-digits: forward values within 1e-5 relative (the printing and float32 summation order), backward
-diffs within 5e-3 (test_caffe_ref_train.py's bound for this net: one ReLU input within a few ulps of
-0 takes a different side in the two engines and moves the early layers' diffs by 1e-3).
+digits: forward values within 1e-4 relative (the printing and float32 summation order: real Caffe
+itself moves by 1.8e-5 between machines, conv8_2_mbox_loc 0.0165963 in the recorded run against
+0.0165966 on an AVX-512 machine, where OpenBLAS picks other kernels; a wrong layer moves a mean by
+far more), backward diffs within 5e-3 (test_caffe_ref_train.py's bound for this net: one ReLU
+input within a few ulps of 0 takes a different side in the two engines and moves the early
+layers' diffs by 1e-3).
 tests/fixtures/caffe_debug_info_demo.txt.gz holds real Caffe's lines for machines without it.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pytest
 import caffe_parity as cp
 
 FIXTURE = cp.REPO / "tests" / "fixtures" / "caffe_debug_info_demo.txt.gz"
-FORWARD_TOL = 1e-5
+FORWARD_TOL = 1e-4
 BACKWARD_TOL = 5e-3
 _LINE = re.compile(r"\]     (\[(?:Forward|Backward)\] .*?): (.+)$")
 

@@ -88,13 +88,14 @@ def check(path: Path):
         return
     # Two float32 computations of a deep net can sit 1e-4 apart when each is near 1e-4 of the exact
     # value (seen: the VGG16 nets with BatchNorm in the backbone only, 1.27e-4, the engine 8.3e-5 and
-    # onnxruntime 4.5e-5 from float64). Then onnxruntime must be no further from a float64 run of
-    # the engine than the engine's own float32 result is.
+    # onnxruntime 4.5e-5 from float64). Then onnxruntime must be within twice the engine's own
+    # float32 distance from a float64 run of the engine: which of two float32 results lies nearer
+    # is a coin toss (seen on an AVX-512 machine: Root-ResNet-18, onnxruntime 5.70e-5, engine 5.66e-5).
     with torch.no_grad():
         exact = float64_copy(net).forward({E.input_blob(net)[0]: torch.from_numpy(x).double()})
     exact = {n: exact[n].numpy() for n in meta["outputs"]}
     ours, theirs = E.compare(exact, ref, meta["outputs"]), E.compare(exact, got, meta["outputs"])
-    assert theirs <= ours and theirs < 1e-4, (f"{path.relative_to(REPO)} at {size}x{size}: {err:.2e} from the engine; "
+    assert theirs <= 2 * ours and theirs < 1e-4, (f"{path.relative_to(REPO)} at {size}x{size}: {err:.2e} from the engine; "
                                              f"from float64: onnxruntime {theirs:.2e}, engine {ours:.2e}")
 
 
