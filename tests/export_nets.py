@@ -130,3 +130,19 @@ def float64_copy(net):
     for layer, k, name in aliases:
         object.__setattr__(layer, k, getattr(layer, name))
     return ref
+
+
+def assert_same_detections(ours, theirs, tol):
+    """The same set of detections, in any order: every row of each has a row of the other with
+    the same image and label and score and corners within ``tol``."""
+    ours, theirs = np.asarray(ours).reshape(-1, 7), np.asarray(theirs).reshape(-1, 7)
+    assert len(ours) == len(theirs)
+
+    def unmatched(a, b):
+        lost = []
+        for row in a:
+            same = b[(b[:, 0] == row[0]) & (b[:, 1] == row[1]) & (np.abs(b[:, 2] - row[2]) <= tol)]
+            if not len(same) or (np.abs(same[:, 3:] - row[3:]) / np.maximum(1, np.abs(row[3:]))).max(1).min() > tol:
+                lost.append(row)
+        return lost
+    assert not unmatched(ours, theirs) and not unmatched(theirs, ours)

@@ -29,7 +29,8 @@ from scratchdet.engine.caffemodel import read_caffemodel, save_caffemodel
 from scratchdet.engine.fold import fold, plan
 from scratchdet.engine.net import Net
 
-from export_nets import conv_block, float64_copy, mobilenet_prototxt, picture, randomise  # noqa: E402  (tests/export_nets.py)
+from export_nets import (assert_same_detections, conv_block, float64_copy,  # noqa: E402  (tests/export_nets.py)
+                         mobilenet_prototxt, picture, randomise)
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -86,22 +87,6 @@ def forward(net, x) -> dict:
     with torch.no_grad():
         blobs = net.forward({E.input_blob(net)[0]: torch.from_numpy(x)})
     return {k: v.numpy() for k, v in blobs.items()}
-
-
-def assert_same_detections(ours, theirs, tol):
-    """The same set of detections, in any order: every row of each has a row of the other with
-    the same image and label and score and corners within ``tol``."""
-    ours, theirs = np.asarray(ours).reshape(-1, 7), np.asarray(theirs).reshape(-1, 7)
-    assert len(ours) == len(theirs)
-
-    def unmatched(a, b):
-        lost = []
-        for row in a:
-            same = b[(b[:, 0] == row[0]) & (b[:, 1] == row[1]) & (np.abs(b[:, 2] - row[2]) <= tol)]
-            if not len(same) or (np.abs(same[:, 3:] - row[3:]) / np.maximum(1, np.abs(row[3:]))).max(1).min() > tol:
-                lost.append(row)
-        return lost
-    assert not unmatched(ours, theirs) and not unmatched(theirs, ours)
 
 
 def assert_same_rows(ours, theirs, tol=1e-4):
